@@ -1,0 +1,407 @@
+"""One typed config tree: the only copy of every default, documented once.
+
+Resolution order (later wins): defaults < preset (presets/<name>.yaml) < --config FILE <
+dotted CLI overrides (train.lr=1e-4). Every value is validated against the dataclass
+types below; a bad value raises ConfigError naming the key and the valid choices.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration problem; the message says what to change."""
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = "world"
+    """'world' = the built-in tiny SD3 model; else a hub id (stabilityai/stable-diffusion-3.5-medium) or a local diffusers dir."""
+    revision: str | None = None
+    transformer_quant: Literal["none", "int8", "nf4"] = "none"
+    """Transformer weights: bf16/fp32 ('none'), bitsandbytes LLM.int8 or nf4 (QLoRA)."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Compute dtype of the frozen weights. SDE math always runs in float32."""
+    text_encoder_3: Literal["resident", "resident_8bit", "offload", "drop"] = "resident"
+    """T5: kept on the accelerator, kept in 8-bit, moved to CPU between encodings, or not loaded (zero embeddings)."""
+    clip_encoders: Literal["resident", "offload"] = "resident"
+    attention: Literal["sdpa", "xformers"] = "sdpa"
+    """xformers needs CUDA and the [xformers] extra; torch's SDPA works everywhere."""
+    gradient_checkpointing: bool = True
+    """Recompute block activations in backward: ~half the activation memory for ~30% more compute."""
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_targets: list[str] = field(
+        default_factory=lambda: [
+            "attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0",
+            "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out",
+        ]
+    )
+    """Module-name suffixes that get LoRA: SD3's joint-attention projections."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+@dataclass
+class SamplingConfig:
+    resolution: int = 64
+    num_steps: int = 10
+    """Denoising steps T of a training rollout (Flow-GRPO: 10)."""
+    guidance_scale: float = 4.5
+    noise_level: float = 0.7
+    """a in sigma_t = a*sqrt(s/(1-s)) (ALGORITHM.md 1); 0 gives the ODE sampler."""
+    micro_batch: int = 8
+    """Rollouts per sampling forward pass (doubled inside by CFG)."""
+    max_sequence_length: int = 128
+    """T5 tokens per prompt (Flow-GRPO: 128)."""
+    eval_num_steps: int = 40
+    eval_guidance_scale: float = 4.5
+
+
+@dataclass
+class SuperFlowConfig:
+    prompts_per_iter: int = 8
+    """B: prompts drawn per iteration."""
+    group_size: int = 8
+    """G for flow_grpo and for superflow with dynamic_groups off."""
+    dynamic_groups: bool = True
+    """Variance-aware group sizes (ALGORITHM.md 3); off = fixed group_size."""
+    m_max: int = 12
+    """Group size of the most uncertain bin."""
+    m_min: int = 4
+    """Group size of the least uncertain bin (>= 2 with the group-mean baseline)."""
+    num_bins: int = 4
+    """K: uncertainty bins between m_max and m_min."""
+    rollout_cap: int = 64
+    """R: most rollouts per iteration; 0 = take it from the memory plan."""
+    baseline: Literal["tracker", "group_mean"] = "tracker"
+    step_weights: Literal["sigma", "sigma_sqrt_dt", "none"] = "sigma"
+    """Per-step advantage weights along the flow (ALGORITHM.md 4); none = Flow-GRPO."""
+    rho: float = 0.875
+    """Discount of the per-prompt Beta trackers."""
+    adaptive_rho: bool = False
+    """rho = clip(2^(-D/d_half), 0.875, 0.96) from the policy drift D."""
+    d_half: float = 0.01
+    weight_floor: float = 0.05
+    """epsilon in w_c = sqrt(v(1-v)) + epsilon: every prompt keeps a chance."""
+
+
+@dataclass
+class TrainConfig:
+    iterations: int = 20
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    grad_clip: float = 1.0
+    clip_range: float = 1e-4
+    """eps of the clipped ratio; tiny because log-probs are per-dimension means."""
+    kl_beta: float = 0.04
+    """beta of the KL to the reference (LoRA disabled); 0 skips the reference pass."""
+    adv_clip: float = 5.0
+    updates_per_iter: int = 2
+    """Optimizer steps per iteration (the rollouts are split into this many minibatches)."""
+    micro_batch: int = 8
+    """Rollouts per training forward/backward."""
+    train_steps: int = 0
+    """Steps trained per rollout: 0 = the first T-1 (the last is near-deterministic)."""
+    sde_window: int = 0
+    """k > 0: SDE on k consecutive steps at a random position, ODE elsewhere; train only those."""
+    cfg_in_training: bool = True
+    """Recompute log-probs with CFG as sampled; off halves the training batch (and biases the ratio)."""
+    optimizer: Literal["adamw", "adamw8bit"] = "adamw"
+    ema: bool = False
+    ema_decay: float = 0.95
+    seed: int = 0
+
+
+@dataclass
+class RewardConfig:
+    weights: dict[str, float] = field(default_factory=lambda: {"shapes": 1.0})
+    """Reward names and weights; several names give a weighted sum."""
+    options: dict[str, dict] = field(default_factory=dict)
+    """Per-reward keyword options, e.g. {remote: {url: http://127.0.0.1:8000}}."""
+    device: str = "cpu"
+
+
+@dataclass
+class PromptsConfig:
+    source: str = "shapes"
+    """A built-in set (shapes, ocr, geneval, preference) or a .txt file, one prompt per line."""
+    test_source: str | None = None
+    """Eval prompts: a .txt file; default = the built-in set's test split (or source's first lines)."""
+    num_eval_prompts: int = 8
+    eval_seeds: list[int] = field(default_factory=lambda: [0])
+
+
+@dataclass
+class MemoryConfig:
+    vram_gib: float = 0.0
+    """Budget the plan fits to; 0 = detect the GPU's memory."""
+    rollout_buffer: Literal["gpu", "cpu"] = "gpu"
+    """Where stored latents/log-probs live between sampling and training (cpu = pinned host memory)."""
+    vae_decode: Literal["full", "sliced", "tiled"] = "full"
+    embed_cache_size: int = 256
+    """Prompt embeddings kept on the CPU (LRU): SuperFlow revisits prompts."""
+
+
+@dataclass
+class OutputConfig:
+    root: str = "runs"
+    name: str = ""
+    """Run name; empty = <preset>-<algorithm>-<timestamp>."""
+    eval_every: int = 5
+    checkpoint_every: int = 5
+    log_every: int = 1
+
+
+@dataclass
+class Config:
+    algorithm: Literal["superflow", "flow_grpo"] = "superflow"
+    preset: str = "tiny"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    superflow: SuperFlowConfig = field(default_factory=SuperFlowConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    prompts: PromptsConfig = field(default_factory=PromptsConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+
+# ----------------------------------------------------------------------------- typing
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(map(str, typing.get_args(tp)))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    if origin is not None:
+        return str(tp).replace("typing.", "")
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`; return it (ints widen to float)."""
+    origin = typing.get_origin(tp)
+    bad = ConfigError(f"{key}: expected {_describe(tp)}, got {value!r}")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise bad
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return _coerce(value, option, key)
+            except ConfigError:
+                continue
+        raise bad
+    if tp is type(None):
+        if value is not None:
+            raise bad
+        return None
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise bad
+        (item_tp,) = typing.get_args(tp)
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise bad
+        key_tp, value_tp = typing.get_args(tp)
+        return {_coerce(k, key_tp, key): _coerce(v, value_tp, f"{key}.{k}") for k, v in value.items()}
+    if tp is dict:
+        if not isinstance(value, dict):
+            raise bad
+        return value
+    raise ConfigError(f"{key}: unsupported type {tp}")
+
+
+def _merge_into(obj: Any, data: dict, prefix: str = "") -> None:
+    """Overlay a (partial) nested dict onto a dataclass instance, validating each key."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(type(obj))
+    names = [f.name for f in dataclasses.fields(obj)]
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"unknown key {full!r}; valid keys here: {', '.join(names)}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            _merge_into(current, value, full + ".")
+        else:
+            setattr(obj, key, _coerce(value, hints[key], full))
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+def available_presets() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml") if not p.stem.startswith("task-"))
+
+
+def _read_yaml(path: Path, what: str) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"{what} {str(path)!r} does not exist; check the path")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{what} {str(path)!r} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} {str(path)!r} must hold a mapping of config keys")
+    return data
+
+
+def load_preset(name: str) -> dict:
+    path = PRESETS_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"unknown preset {name!r}; available: {', '.join(available_presets())}")
+    return _read_yaml(path, "preset")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'train.lr=1e-4' -> (['train', 'lr'], 0.0001). Values are parsed as YAML scalars/lists."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value (e.g. train.lr=1e-4)")
+    dotted, raw = text.split("=", 1)
+    if not dotted or any(not part for part in dotted.split(".")):
+        raise ConfigError(f"override {text!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    # YAML reads 1e-4 as a string (no dot); numbers are what users mean.
+    if isinstance(value, str):
+        try:
+            value = float(value) if any(c in value for c in ".eE") else value
+        except ValueError:
+            pass
+    return dotted.split("."), value
+
+
+def _nest(path: list[str], value: Any) -> dict:
+    out: Any = value
+    for part in reversed(path):
+        out = {part: out}
+    return out
+
+
+def resolve_preset_name(name: str) -> str:
+    """'auto' -> the preset that fits the detected GPU; 'tiny' without one."""
+    if name != "auto":
+        return name
+    from .memory import auto_preset  # the memory plan owns the VRAM tiers
+
+    return auto_preset()
+
+
+def build_config(
+    preset: str = "auto", config_file: str | None = None, overrides: list[str] | None = None
+) -> Config:
+    cfg = Config()
+    preset = resolve_preset_name(preset)
+    cfg.preset = preset
+    _merge_into(cfg, load_preset(preset))
+    if config_file:
+        _merge_into(cfg, _read_yaml(Path(config_file), "config file"))
+    for text in overrides or []:
+        path, value = parse_override(text)
+        _merge_into(cfg, _nest(path, value))
+    validate(cfg)
+    return cfg
+
+
+def config_from_dict(data: dict) -> Config:
+    cfg = Config()
+    _merge_into(cfg, data)
+    validate(cfg)
+    return cfg
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field and range checks that types alone cannot express."""
+    s, sf, t = cfg.sampling, cfg.superflow, cfg.train
+    positive = {
+        "sampling.resolution": s.resolution, "sampling.num_steps": s.num_steps,
+        "sampling.micro_batch": s.micro_batch, "sampling.eval_num_steps": s.eval_num_steps,
+        "sampling.max_sequence_length": s.max_sequence_length,
+        "superflow.prompts_per_iter": sf.prompts_per_iter, "superflow.group_size": sf.group_size,
+        "superflow.m_max": sf.m_max, "superflow.m_min": sf.m_min, "superflow.num_bins": sf.num_bins,
+        "train.iterations": t.iterations, "train.updates_per_iter": t.updates_per_iter,
+        "train.micro_batch": t.micro_batch, "model.lora_rank": cfg.model.lora_rank,
+        "output.eval_every": cfg.output.eval_every, "output.checkpoint_every": cfg.output.checkpoint_every,
+        "prompts.num_eval_prompts": cfg.prompts.num_eval_prompts,
+    }
+    for key, value in positive.items():
+        _require(value > 0, f"{key} must be > 0, got {value}")
+    for key, value in {"train.lr": t.lr, "train.clip_range": t.clip_range, "train.adv_clip": t.adv_clip,
+                       "model.lora_alpha": cfg.model.lora_alpha, "train.grad_clip": t.grad_clip}.items():
+        _require(value > 0, f"{key} must be > 0, got {value}")
+    for key, value in {"train.kl_beta": t.kl_beta, "train.weight_decay": t.weight_decay,
+                       "sampling.noise_level": s.noise_level, "superflow.rollout_cap": sf.rollout_cap,
+                       "sampling.guidance_scale": s.guidance_scale, "train.train_steps": t.train_steps,
+                       "train.sde_window": t.sde_window, "memory.vram_gib": cfg.memory.vram_gib}.items():
+        _require(value >= 0, f"{key} must be >= 0, got {value}")
+    _require(s.resolution % 16 == 0, f"sampling.resolution must be a multiple of 16, got {s.resolution}")
+    _require(s.num_steps >= 2, f"sampling.num_steps must be >= 2, got {s.num_steps}")
+    _require(t.train_steps <= s.num_steps, f"train.train_steps ({t.train_steps}) exceeds sampling.num_steps ({s.num_steps})")
+    _require(t.sde_window <= s.num_steps - 1, f"train.sde_window must be < sampling.num_steps ({s.num_steps})")
+    _require(sf.m_min <= sf.m_max, f"superflow.m_min ({sf.m_min}) must be <= superflow.m_max ({sf.m_max})")
+    _require(0 < sf.rho <= 1, f"superflow.rho must be in (0, 1], got {sf.rho}")
+    _require(0 < t.ema_decay < 1, f"train.ema_decay must be in (0, 1), got {t.ema_decay}")
+    needs_group = cfg.algorithm == "flow_grpo" or sf.baseline == "group_mean"
+    smallest = sf.group_size if (cfg.algorithm == "flow_grpo" or not sf.dynamic_groups) else sf.m_min
+    _require(not needs_group or smallest >= 2,
+             f"group size {smallest} < 2: the group-mean baseline needs >= 2 rollouts per prompt")
+    cap = sf.rollout_cap
+    if cap and cfg.algorithm == "flow_grpo":
+        need = sf.prompts_per_iter * sf.group_size
+        _require(need <= cap, f"flow_grpo needs prompts_per_iter*group_size = {need} rollouts, above superflow.rollout_cap={cap}")
+    _require(bool(cfg.reward.weights), "reward.weights is empty: name at least one reward, e.g. {shapes: 1.0}")
+    _require(len(cfg.prompts.eval_seeds) > 0, "prompts.eval_seeds must list at least one seed")
+    src = cfg.prompts.source
+    if src.endswith(".txt"):
+        _require(Path(src).is_file(), f"prompts.source {src!r} does not exist; give a .txt file with one prompt per line")
+    if cfg.model.name_or_path != "world" and cfg.model.name_or_path.startswith(("/", "./", "../")):
+        _require(Path(cfg.model.name_or_path).is_dir(),
+                 f"model.name_or_path {cfg.model.name_or_path!r} is not a directory; give a diffusers model dir or a hub id")

@@ -1,0 +1,56 @@
+"""Prompt sources: a built-in set by name, or a text file with one prompt per line."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import ConfigError, PromptsConfig
+
+
+@dataclass
+class PromptSet:
+    train: list[str]
+    test: list[str]
+
+
+def read_prompt_file(path: str | Path, key: str) -> list[str]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{key} {str(p)!r} does not exist; give a .txt file with one prompt per line")
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise ConfigError(f"{key} {str(p)!r} is not UTF-8 text; save it as UTF-8, one prompt per line") from None
+    prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not prompts:
+        raise ConfigError(f"{key} {str(p)!r} holds no prompts; write one prompt per line")
+    return list(dict.fromkeys(prompts))  # duplicates would only skew the sampling
+
+
+def builtin_prompt_set(name: str) -> PromptSet | None:
+    if name == "shapes":
+        from .world.prompts import test_prompts, train_prompts
+
+        return PromptSet(train_prompts(), test_prompts())
+    from .rewards.prompt_sets import available_prompt_sets, load_builtin_prompt_set
+
+    if name in available_prompt_sets():
+        train, test = load_builtin_prompt_set(name)
+        return PromptSet(train, test)
+    return None
+
+
+def load_prompts(cfg: PromptsConfig) -> PromptSet:
+    source = cfg.source
+    prompt_set = builtin_prompt_set(source)
+    if prompt_set is None:
+        if not source.endswith(".txt") and not Path(source).is_file():
+            from .rewards.prompt_sets import available_prompt_sets
+
+            names = ", ".join(["shapes", *available_prompt_sets()])
+            raise ConfigError(f"prompts.source {source!r} is neither a built-in set ({names}) nor a .txt file")
+        train = read_prompt_file(source, "prompts.source")
+        prompt_set = PromptSet(train, train)
+    if cfg.test_source:
+        prompt_set.test = read_prompt_file(cfg.test_source, "prompts.test_source")
+    return prompt_set

@@ -1,0 +1,396 @@
+"""The loop, and nothing else: choose -> roll out -> reward -> advantages -> update -> log.
+
+Each stage is a call into a module: grouping (which prompts, how many rollouts),
+rollout (SDE trajectories with log-probs), rewards, advantages, policy (the clipped
+objective). Hugging Face Accelerate holds the model and optimizer, so several GPUs run
+this same loop under `accelerate launch` (rollouts shard across processes by index).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+
+from . import advantages as adv_math
+from .checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .config import Config
+from .embeddings import PromptEmbeds, PromptEncoder
+from .ema import LoraEMA
+from .evaluation import evaluate_and_save
+from .export import export_lora
+from .grouping import GroupPlan, GroupSampler
+from .models import add_lora, load_pipeline, lora_parameters, resolve_device
+from .policy import clipped_policy_loss
+from .prompts import load_prompts
+from .rewards.async_scorer import AsyncScorer
+from .rewards.registry import build_reward
+from .rollout import Schedule, decode_images, initial_noise, make_schedule, predict_velocity, sample_trajectories
+from .rundir import Heartbeat, RunDir
+from .sde import gaussian_logp, kl_to_reference, sde_step_mean_std
+
+log = logging.getLogger("superflow_lite")
+
+
+@dataclass
+class Rollouts:
+    """One iteration's stored rollouts (rows of this process only).
+
+    rows: [N] global rollout indices; group: [N] group index into the plan;
+    latents: [N, T+1, C, H, W]; logp_old: [N, T]; rewards/unit_rewards: [N] (all rows of
+    the iteration after the cross-process reduce, indexed by global rollout index)."""
+
+    rows: torch.Tensor
+    group: torch.Tensor
+    latents: torch.Tensor
+    logp_old: torch.Tensor
+    rewards: np.ndarray
+    unit_rewards: np.ndarray
+    extras: dict[str, np.ndarray]
+
+
+def iteration_seed(seed: int, iteration: int, stream: int) -> int:
+    """A seed per (run seed, iteration, purpose): runs resume bit-for-bit without RNG replay."""
+    return (seed * 1_000_003 + iteration * 7_919 + stream) % (2**63)
+
+
+def trained_steps_for(cfg: Config, iteration: int) -> list[int]:
+    """Which SDE steps are trained: an SDE window (Flow-GRPO-Fast) or the first T-1 steps."""
+    T, k = cfg.sampling.num_steps, cfg.train.sde_window
+    if k > 0:
+        rng = np.random.default_rng(iteration_seed(cfg.train.seed, iteration, 3))
+        start = int(rng.integers(0, T - k))  # the last step (near-deterministic) is never in it
+        return list(range(start, start + k))
+    return list(range(cfg.train.train_steps or T - 1))
+
+
+class StopRequested:
+    """SIGINT/SIGTERM ask for a graceful stop at the next iteration boundary; a second
+    SIGINT interrupts at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def install(self) -> None:
+        def handler(signum, frame):
+            if self.requested and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self.requested = True
+            log.info("stop requested: finishing this iteration, then checkpointing")
+
+        signal.signal(signal.SIGINT, handler)
+        signal.signal(signal.SIGTERM, handler)
+
+
+class Trainer:
+    def __init__(self, cfg: Config, run: RunDir):
+        self.cfg, self.run = cfg, run
+        self.device = resolve_device(cfg.model.device)
+        self.accelerator = Accelerator(cpu=self.device.type == "cpu")
+        torch.manual_seed(cfg.train.seed)
+        self.pipe = load_pipeline(cfg.model, self.device)
+        self.lora_config = add_lora(self.pipe.transformer, cfg.model)
+        params = lora_parameters(self.pipe.transformer)
+        self.optimizer = make_optimizer(params, cfg)
+        self.transformer, self.optimizer = self.accelerator.prepare(self.pipe.transformer, self.optimizer)
+        self.ema = LoraEMA(params, cfg.train.ema_decay) if cfg.train.ema else None
+        self.reward = build_reward(cfg.reward.weights, cfg.reward.device, cfg.reward.options)
+        self.prompt_set = load_prompts(cfg.prompts)
+        cap = cfg.superflow.rollout_cap or self._planned_cap()
+        self.sampler = GroupSampler.from_config(cfg, self.prompt_set.train, rollout_cap=cap)
+        self.encoder = PromptEncoder(self.pipe, self.device, cfg.sampling.max_sequence_length, cfg.memory.embed_cache_size)
+        self.sample_micro_batch = cfg.sampling.micro_batch
+        self.train_micro_batch = cfg.train.micro_batch
+        self.buffer_device = torch.device("cpu") if cfg.memory.rollout_buffer == "cpu" else self.device
+        self.latent_channels = self.pipe.transformer.config.in_channels
+        self.latent_size = cfg.sampling.resolution // self.pipe.vae_scale_factor
+        self.iteration = 0
+        self.rollouts_total = 0
+        self.stop = StopRequested()
+
+    def _planned_cap(self) -> int:
+        from .memory import plan_for_config
+
+        return plan_for_config(self.cfg).rollout_cap
+
+    @property
+    def base_model(self) -> torch.nn.Module:
+        return self.accelerator.unwrap_model(self.transformer)
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        from peft.utils import get_peft_model_state_dict
+
+        return {
+            "lora": {k: v.cpu() for k, v in get_peft_model_state_dict(self.base_model).items()},
+            "optimizer": self.optimizer.state_dict(),
+            "ema": self.ema.state_dict() if self.ema else None,
+            "sampler": self.sampler.state_dict(),
+            "rng": rng_state(),
+            "rollouts_total": self.rollouts_total,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        from peft.utils import set_peft_model_state_dict
+
+        set_peft_model_state_dict(self.base_model, state["lora"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.ema and state["ema"] is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.sampler.load_state_dict(state["sampler"])
+        set_rng_state(state["rng"])
+        self.rollouts_total = state["rollouts_total"]
+        self.iteration = state["iteration"]
+
+    def resume(self) -> bool:
+        path = latest_checkpoint(self.run.checkpoints_dir)
+        if path is None:
+            return False
+        self.load_state_dict(load_checkpoint(path))
+        self.run.truncate_metrics(self.iteration)
+        log.info("resumed from %s at iteration %d", path.name, self.iteration)
+        return True
+
+    def checkpoint(self) -> None:
+        if self.accelerator.is_main_process:
+            save_checkpoint(self.run.checkpoints_dir, self.iteration, self.state_dict())
+
+    # ------------------------------------------------------------------ rollouts
+    def collect(self, plan: GroupPlan, schedule: Schedule, iteration: int) -> Rollouts:
+        """Sample every rollout of the plan in fixed-size micro-batches, then score them."""
+        group_of_row = plan.group_ids()
+        total = len(group_of_row)
+        rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        rows = list(range(rank, total, world))
+        noise_gen = torch.Generator().manual_seed(iteration_seed(self.cfg.train.seed, iteration, 1))
+        # Draw every row's noise (all processes alike), keep ours: sharding never changes samples.
+        noise = initial_noise(total, self.latent_channels, self.latent_size, noise_gen, torch.device("cpu"))[rows]
+        sde_gen = torch.Generator(self.device).manual_seed(iteration_seed(self.cfg.train.seed, iteration, 2 + rank))
+        embeds = self.encoder.encode(plan.prompts)
+        uncond = self.encoder.negative()
+        latents, logps, futures = [], [], []
+        self.transformer.eval()
+        for start in range(0, len(rows), self.sample_micro_batch):
+            chunk = slice(start, start + self.sample_micro_batch)
+            groups = group_of_row[rows][chunk]
+            cond = embeds.index(list(groups)).to(self.device, torch.float32)
+            unc = PromptEmbeds(uncond.embeds.expand(len(groups), -1, -1), uncond.pooled.expand(len(groups), -1))
+            traj = sample_trajectories(
+                self.transformer, noise[chunk].to(self.device), schedule, cond,
+                unc.to(self.device, torch.float32), self.cfg.sampling.guidance_scale, sde_gen,
+            )
+            images = decode_images(self.pipe, traj.latents[:, -1], self.cfg.memory.vae_decode)
+            futures.append(self.scorer.submit(images, [plan.prompts[g] for g in groups], [{} for _ in groups]))
+            latents.append(traj.latents.to(self.buffer_device))
+            logps.append(traj.logp.to(self.buffer_device))
+        outputs = [f.result() for f in futures]
+        local_scores = np.concatenate([o.scores for o in outputs]) if outputs else np.zeros(0)
+        scores = self._all_rows(local_scores, rows, total)
+        extras = {k: self._all_rows(np.concatenate([o.extras[k] for o in outputs]), rows, total)
+                  for k in (outputs[0].extras if outputs else {})}
+        return Rollouts(
+            rows=torch.tensor(rows), group=torch.tensor(group_of_row[rows]),
+            latents=torch.cat(latents), logp_old=torch.cat(logps),
+            rewards=scores, unit_rewards=self.reward.to_unit(scores), extras=extras,
+        )
+
+    def _all_rows(self, local: np.ndarray, rows: list[int], total: int) -> np.ndarray:
+        """Scatter this process's values into the iteration's rows and sum over processes."""
+        full = torch.zeros(total, dtype=torch.float64, device=self.device)
+        full[rows] = torch.as_tensor(local, dtype=torch.float64, device=self.device)
+        if self.accelerator.num_processes > 1:
+            full = self.accelerator.reduce(full, reduction="sum")
+        return full.cpu().numpy()
+
+    # ------------------------------------------------------------------ update
+    def step_loss(self, batch: dict, schedule: Schedule, step: int, step_pos: int) -> tuple[torch.Tensor, dict]:
+        """Loss of one trained step for a training micro-batch (ALGORITHM.md 2)."""
+        cfg, s = self.cfg, schedule
+        x, x_next = batch["latents"][:, step], batch["latents"][:, step + 1]
+        uncond = batch["uncond"] if cfg.train.cfg_in_training else None
+        v = predict_velocity(self.transformer, x, s.timesteps[step], batch["cond"], uncond, cfg.sampling.guidance_scale)
+        mu, std = sde_step_mean_std(x, v, s.sigmas[step], s.sigmas[step + 1], s.sigma_t[step])
+        logp = gaussian_logp(x_next, mu, std)
+        loss_pg, stats = clipped_policy_loss(logp, batch["logp_old"][:, step], batch["adv"][:, step_pos], cfg.train.clip_range)
+        loss = loss_pg.mean()
+        kl = torch.zeros(())
+        if cfg.train.kl_beta > 0:
+            with torch.no_grad():
+                self.base_model.disable_adapters()
+                v_ref = predict_velocity(self.transformer, x, s.timesteps[step], batch["cond"], uncond, cfg.sampling.guidance_scale)
+                self.base_model.enable_adapters()
+            mu_ref, _ = sde_step_mean_std(x, v_ref, s.sigmas[step], s.sigmas[step + 1], s.sigma_t[step])
+            kl = kl_to_reference(mu, mu_ref, s.sigma_t[step]).mean()
+            loss = loss + cfg.train.kl_beta * kl
+        return loss, {"loss": loss.detach(), "kl": kl.detach(), **{k: v.mean() for k, v in stats.items()}}
+
+    def update(self, rollouts: Rollouts, adv: torch.Tensor, embeds: PromptEmbeds, schedule: Schedule,
+               steps: list[int], iteration: int) -> dict[str, float]:
+        """train.updates_per_iter optimizer steps over shuffled minibatches of the rollouts."""
+        cfg = self.cfg
+        n = len(rollouts.rows)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(iteration_seed(cfg.train.seed, iteration, 4)))
+        uncond = self.encoder.negative()
+        sums: dict[str, float] = {}
+        count = 0
+        self.transformer.eval()  # no dropout in SD3; keeps 8-bit layers in the mode they sampled in
+        for minibatch in order.chunk(cfg.train.updates_per_iter):
+            if len(minibatch) == 0:
+                continue
+            self.optimizer.zero_grad(set_to_none=True)
+            micro = list(minibatch.split(self.train_micro_batch))
+            for m_idx, idx in enumerate(micro):
+                batch = {
+                    "latents": rollouts.latents[idx].to(self.device),
+                    "logp_old": rollouts.logp_old[idx].to(self.device),
+                    "adv": adv[idx].to(self.device),
+                    "cond": embeds.index(rollouts.group[idx].tolist()).to(self.device, torch.float32),
+                    "uncond": PromptEmbeds(uncond.embeds.expand(len(idx), -1, -1), uncond.pooled.expand(len(idx), -1)).to(self.device, torch.float32),
+                }
+                for pos, step in enumerate(steps):
+                    last = m_idx == len(micro) - 1 and pos == len(steps) - 1
+                    with self._sync_unless(last):
+                        loss, stats = self.step_loss(batch, schedule, step, pos)
+                        # Weight so the accumulated gradient is the mean over (rollout, step).
+                        self.accelerator.backward(loss * (len(idx) / len(minibatch)) / len(steps))
+                    for k, v in stats.items():
+                        sums[k] = sums.get(k, 0.0) + float(v)
+                    count += 1
+            grad_norm = self.accelerator.clip_grad_norm_(lora_parameters(self.base_model), cfg.train.grad_clip)
+            self.optimizer.step()
+            if self.ema:
+                self.ema.update()
+            sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(grad_norm) * count / max(1, len(micro) * len(steps))
+        return {f"grpo/{k}": v / max(count, 1) for k, v in sums.items()}
+
+    def _sync_unless(self, last: bool):
+        return contextlib.nullcontext() if last else self.accelerator.no_sync(self.transformer)
+
+    # ------------------------------------------------------------------ one iteration
+    def train_iteration(self, iteration: int) -> dict:
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        steps = trained_steps_for(cfg, iteration)
+        sde_steps = steps if cfg.train.sde_window > 0 else None
+        schedule = make_schedule(self.pipe.scheduler, cfg.sampling.num_steps, cfg.sampling.noise_level, sde_steps)
+        plan = self.sampler.plan()
+        rollouts = self.collect(plan, schedule, iteration)
+        t_sample = time.perf_counter() - t0
+        group_of_row = plan.group_ids()
+        adv_all, adv_stats = adv_math.compute_advantages(
+            unit_rewards=rollouts.unit_rewards,
+            group_ids=group_of_row,
+            baseline="group_mean" if cfg.algorithm == "flow_grpo" else cfg.superflow.baseline,
+            values_before=np.asarray(plan.values),
+            first_visit=np.asarray(plan.first_visit),
+            sigmas=schedule.sigmas,
+            noise_level=cfg.sampling.noise_level,
+            trained_steps=steps,
+            weight_kind="none" if cfg.algorithm == "flow_grpo" else cfg.superflow.step_weights,
+            clip=cfg.train.adv_clip,
+        )
+        adv = torch.as_tensor(adv_all, dtype=torch.float32)[rollouts.rows]
+        embeds = self.encoder.encode(plan.prompts)
+        update_stats = self.update(rollouts, adv, embeds, schedule, steps, iteration)
+        per_group = [rollouts.unit_rewards[group_of_row == g] for g in range(len(plan.prompts))]
+        tracker_stats = self.sampler.update(plan, per_group, drift=update_stats.get("grpo/approx_kl"))
+        self.rollouts_total += plan.total_rollouts
+        elapsed = time.perf_counter() - t0
+        sizes = np.asarray(plan.group_sizes)
+        return {
+            "iteration": iteration + 1,
+            "rollouts/iter": int(plan.total_rollouts),
+            "rollouts/total": int(self.rollouts_total),
+            **plan.stats(),
+            "group/size_hist": {str(k): int(v) for k, v in zip(*np.unique(sizes, return_counts=True))},
+            "reward/mean": float(rollouts.rewards.mean()),
+            "reward/std": float(rollouts.rewards.std()),
+            **{f"reward/{k}": float(v.mean()) for k, v in rollouts.extras.items()},
+            **adv_stats,
+            **tracker_stats,
+            **update_stats,
+            "perf/iter_s": elapsed,
+            "perf/sample_s": t_sample,
+            "perf/rollouts_per_s": plan.total_rollouts / elapsed,
+            **memory_stats(self.device),
+        }
+
+
+    # ------------------------------------------------------------------ eval, export, loop
+    def evaluate(self, step: int) -> dict[str, float]:
+        cfg = self.cfg
+        prompts = self.prompt_set.test[: cfg.prompts.num_eval_prompts]
+        with (self.ema.swapped_in() if self.ema else contextlib.nullcontext()):
+            return evaluate_and_save(
+                self.pipe, self.transformer, self.encoder, self.reward, prompts, cfg.prompts.eval_seeds,
+                self.run.samples_dir / f"{step:06d}", resolution=cfg.sampling.resolution,
+                num_steps=cfg.sampling.eval_num_steps, guidance_scale=cfg.sampling.eval_guidance_scale,
+                micro_batch=self.sample_micro_batch,
+            )
+
+    def export(self) -> Path:
+        with (self.ema.swapped_in() if self.ema else contextlib.nullcontext()):
+            return export_lora(self.base_model, self.lora_config, self.run.lora_dir, self.cfg.model.name_or_path)
+
+    def fit(self, progress: bool = True) -> str:
+        """Train to cfg.train.iterations (or until a stop is requested). Returns the final state."""
+        from tqdm.auto import tqdm
+
+        cfg, run, main = self.cfg, self.run, self.accelerator.is_main_process
+        self.stop.install()
+        total = cfg.train.iterations
+        if self.iteration == 0 and main:
+            run.append_metrics({"iteration": 0, **self.evaluate(0)})
+        bar = tqdm(total=total, initial=self.iteration, disable=not (progress and main), unit="it", dynamic_ncols=True)
+        started, first = time.perf_counter(), self.iteration
+        with Heartbeat(run) if main else contextlib.nullcontext(), AsyncScorer(self.reward) as self.scorer:
+            while self.iteration < total and not self.stop.requested:
+                row = self.train_iteration(self.iteration)
+                self.iteration += 1
+                if self.iteration % cfg.output.eval_every == 0 or self.iteration == total:
+                    row.update(self.evaluate(self.iteration) if main else {})
+                if main:
+                    run.append_metrics({k: nan_safe(v) for k, v in row.items()})
+                if self.iteration % cfg.output.checkpoint_every == 0 or self.iteration == total:
+                    self.checkpoint()
+                rate = (time.perf_counter() - started) / (self.iteration - first)
+                eta = rate * (total - self.iteration)
+                bar.set_postfix(rollouts=row["rollouts/iter"], reward=f"{row['reward/mean']:.3f}")
+                bar.update(1)
+                if main:
+                    run.write_status(state="running", iteration=self.iteration, iterations=total,
+                                     rollouts_total=self.rollouts_total, reward_mean=row["reward/mean"], eta_s=eta)
+                    log.info("iteration %d/%d rollouts %d reward %.4f kl %.2e clipfrac %.3f (%.1fs)",
+                             self.iteration, total, row["rollouts/iter"], row["reward/mean"],
+                             row.get("grpo/kl", 0.0), row.get("grpo/clipped", 0.0), row["perf/iter_s"])
+        bar.close()
+        if self.stop.requested and self.iteration < total:
+            self.checkpoint()
+        if main:
+            self.export()
+        return "stopped" if self.iteration < total else "done"
+
+
+def make_optimizer(params: list[torch.nn.Parameter], cfg: Config) -> torch.optim.Optimizer:
+    if cfg.train.optimizer == "adamw8bit":
+        import bitsandbytes as bnb
+
+        return bnb.optim.AdamW8bit(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+
+
+def memory_stats(device: torch.device) -> dict[str, float]:
+    if device.type != "cuda":
+        return {}
+    return {"mem/peak_gib": torch.cuda.max_memory_allocated(device) / 2**30}
+
+
+def nan_safe(value: float) -> float | None:
+    return None if isinstance(value, float) and not math.isfinite(value) else value
