@@ -81,6 +81,18 @@ def check_machine(cfg: Config) -> None:
         )
 
 
+def check_references(cfg: Config) -> None:
+    """Names and files the config points at: rewards, prompt sets. Fails before any run dir is made."""
+    from .prompts import load_prompts
+    from .rewards.registry import available_rewards
+
+    names = available_rewards()
+    for name in cfg.reward.weights:
+        if name not in names:
+            raise ConfigError(f"unknown reward {name!r} in reward.weights; available: {', '.join(names)}")
+    load_prompts(cfg.prompts)
+
+
 def setup_logging(log_file: Path) -> None:
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
     log.setLevel(logging.INFO)
@@ -141,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             print(format_plan(cfg))
             return 0
         check_machine(cfg)
+        check_references(cfg)
     except (ConfigError, UsageError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

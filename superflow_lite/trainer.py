@@ -30,7 +30,7 @@ from .grouping import GroupPlan, GroupSampler
 from .models import add_lora, load_pipeline, lora_parameters, resolve_device
 from .policy import clipped_policy_loss
 from .prompts import load_prompts
-from .rewards.async_scorer import AsyncScorer
+from .rewards.async_scorer import AsyncRewardScorer
 from .rewards.registry import build_reward
 from .rollout import Schedule, decode_images, initial_noise, make_schedule, predict_velocity, sample_trajectories
 from .rundir import Heartbeat, RunDir
@@ -350,7 +350,7 @@ class Trainer:
             run.append_metrics({"iteration": 0, **self.evaluate(0)})
         bar = tqdm(total=total, initial=self.iteration, disable=not (progress and main), unit="it", dynamic_ncols=True)
         started, first = time.perf_counter(), self.iteration
-        with Heartbeat(run) if main else contextlib.nullcontext(), AsyncScorer(self.reward) as self.scorer:
+        with Heartbeat(run) if main else contextlib.nullcontext(), AsyncRewardScorer(self.reward) as self.scorer:
             while self.iteration < total and not self.stop.requested:
                 row = self.train_iteration(self.iteration)
                 self.iteration += 1

@@ -1,0 +1,86 @@
+"""The CLI: bad input gets one clear message and exit code 2; --print-config; a full tiny run."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from superflow_lite.rundir import read_metrics, read_status
+from superflow_lite.train import main
+
+
+def run_cli(capsys, argv):
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+BAD_INPUTS = [
+    (["--preset", "nope"], "unknown preset 'nope'"),
+    (["--preset", "tiny", "train.nope=1"], "unknown key 'train.nope'"),
+    (["--preset", "tiny", "train.lr=fast"], "train.lr: expected float"),
+    (["--preset", "tiny", "sampling.resolution=-64"], "sampling.resolution must be > 0"),
+    (["--preset", "tiny", "--config", "missing.yaml"], "does not exist"),
+    (["--preset", "tiny", "prompts.source=missing.txt"], "prompts.source 'missing.txt' does not exist"),
+    (["--preset", "tiny", "algorithm=ppo"], "one of superflow, flow_grpo"),
+    (["--preset", "tiny", "superflow.m_min=9", "superflow.m_max=4"], "superflow.m_min (9) must be <= superflow.m_max (4)"),
+    (["--preset", "tiny", "train.iterations"], "must look like section.key=value"),
+    (["--resume", "runs/does-not-exist"], "no config.yaml there"),
+    (["--preset", "tiny", "reward.weights={nope: 1.0}"], "unknown reward 'nope'"),
+    (["--preset", "tiny", "train.micro_batch=2.5"], "train.micro_batch: expected int"),
+    (["--preset", "tiny", "sampling.resolution=70"], "multiple of 16"),
+]
+
+
+@pytest.mark.parametrize("argv,message", BAD_INPUTS)
+def test_bad_input_exits_2_with_a_clear_message(capsys, tmp_path, monkeypatch, argv, message):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(capsys, argv)
+    assert code == 2
+    assert message in err
+    assert err.startswith("error: ") and err.count("\n") == 1  # one message, no traceback
+
+
+def test_empty_prompts_file_is_rejected(capsys, tmp_path):
+    empty = tmp_path / "prompts.txt"
+    empty.write_text("\n  \n")
+    code, _, err = run_cli(capsys, ["--preset", "tiny", f"prompts.source={empty}", "--output", str(tmp_path / "r")])
+    assert code == 2 and "holds no prompts" in err
+
+
+def test_print_config_resolves_preset_file_and_overrides(capsys, tmp_path):
+    user = tmp_path / "my.yaml"
+    user.write_text("train:\n  lr: 1.0e-3\n  iterations: 7\n")
+    code, out, _ = run_cli(capsys, ["--preset", "tiny", "--config", str(user), "train.lr=1e-4", "--print-config"])
+    assert code == 0
+    cfg = yaml.safe_load(out)
+    assert cfg["train"]["lr"] == 1e-4  # CLI beats file
+    assert cfg["train"]["iterations"] == 7  # file beats preset
+    assert cfg["model"]["name_or_path"] == "world"  # preset beats defaults
+
+
+def test_existing_run_is_never_overwritten(capsys, tmp_path, fast_overrides):
+    out = tmp_path / "run"
+    assert main(["--preset", "tiny", "--no-progress", "--output", str(out), *fast_overrides, "train.iterations=1"]) == 0
+    before = (out / "metrics.jsonl").read_text()
+    code, _, err = run_cli(capsys, ["--preset", "tiny", "--output", str(out), *fast_overrides])
+    assert code == 2 and "--resume" in err
+    assert (out / "metrics.jsonl").read_text() == before
+
+
+def test_tiny_run_writes_the_run_directory(capsys, tmp_path, fast_overrides):
+    out = tmp_path / "run"
+    code, stdout, _ = run_cli(capsys, ["--preset", "tiny", "--no-progress", "--output", str(out), *fast_overrides])
+    assert code == 0
+    assert "pipe.load_lora_weights" in stdout and str(out / "lora") in stdout
+    assert yaml.safe_load((out / "config.yaml").read_text())["model"]["name_or_path"] == "world"
+    rows = read_metrics(out)
+    assert rows[0]["iteration"] == 0 and "eval/reward_mean" in rows[0]
+    assert [r["iteration"] for r in rows] == [0, 1, 2]
+    assert read_status(out)["state"] == "done"
+    index = json.loads((out / "samples" / "000000" / "index.json").read_text())
+    assert {"prompt", "seed", "reward", "file"} <= set(index[0])
+    assert (out / "lora" / "pytorch_lora_weights.safetensors").is_file()
+    assert (out / "lora" / "peft" / "adapter_model.safetensors").is_file()
+    assert (out / "train.log").read_text().count("iteration") >= 2
