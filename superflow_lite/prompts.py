@@ -40,6 +40,15 @@ def builtin_prompt_set(name: str) -> PromptSet | None:
     return None
 
 
+def eval_subset(prompts: list[str], n: int) -> list[str]:
+    """n prompts spread evenly over the list, so an ordered test split (easy first) is
+    represented across its range rather than by its head."""
+    if n >= len(prompts):
+        return list(prompts)
+    step = len(prompts) / n
+    return [prompts[int(i * step)] for i in range(n)]
+
+
 def load_prompts(cfg: PromptsConfig) -> PromptSet:
     source = cfg.source
     prompt_set = builtin_prompt_set(source)

@@ -33,6 +33,8 @@ def atomic_write_text(path: Path, text: str) -> None:
 class RunDir:
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        # The heartbeat thread and the loop both rewrite status.json (read-modify-write).
+        self._status_lock = threading.Lock()
 
     @property
     def config_path(self) -> Path:
@@ -77,9 +79,10 @@ class RunDir:
         atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
 
     def write_status(self, **fields: Any) -> None:
-        status = read_status(self.path) or {}
-        status.update(fields, pid=os.getpid(), heartbeat=time.time())
-        atomic_write_text(self.status_path, json.dumps(status, indent=1))
+        with self._status_lock:
+            status = read_status(self.path) or {}
+            status.update(fields, pid=os.getpid(), heartbeat=time.time())
+            atomic_write_text(self.status_path, json.dumps(status, indent=1))
 
 
 class Heartbeat:

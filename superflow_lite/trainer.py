@@ -29,7 +29,7 @@ from .export import export_lora
 from .grouping import GroupPlan, GroupSampler
 from .models import add_lora, load_pipeline, lora_parameters, resolve_device
 from .policy import clipped_policy_loss
-from .prompts import load_prompts
+from .prompts import eval_subset, load_prompts
 from .rewards.async_scorer import AsyncRewardScorer
 from .rewards.registry import build_reward
 from .rollout import Schedule, decode_images, initial_noise, make_schedule, predict_velocity, sample_trajectories
@@ -239,7 +239,7 @@ class Trainer:
         order = torch.randperm(n, generator=torch.Generator().manual_seed(iteration_seed(cfg.train.seed, iteration, 4)))
         uncond = self.encoder.negative()
         sums: dict[str, float] = {}
-        count = 0
+        count, grad_norms = 0, []
         self.transformer.eval()  # no dropout in SD3; keeps 8-bit layers in the mode they sampled in
         for minibatch in order.chunk(cfg.train.updates_per_iter):
             if len(minibatch) == 0:
@@ -263,12 +263,12 @@ class Trainer:
                     for k, v in stats.items():
                         sums[k] = sums.get(k, 0.0) + float(v)
                     count += 1
-            grad_norm = self.accelerator.clip_grad_norm_(lora_parameters(self.base_model), cfg.train.grad_clip)
+            grad_norms.append(float(self.accelerator.clip_grad_norm_(lora_parameters(self.base_model), cfg.train.grad_clip)))
             self.optimizer.step()
             if self.ema:
                 self.ema.update()
-            sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(grad_norm) * count / max(1, len(micro) * len(steps))
-        return {f"grpo/{k}": v / max(count, 1) for k, v in sums.items()}
+        stats = {f"grpo/{k}": v / max(count, 1) for k, v in sums.items()}
+        return {**stats, "grpo/grad_norm": float(np.mean(grad_norms)) if grad_norms else 0.0}
 
     def _sync_unless(self, last: bool):
         return contextlib.nullcontext() if last else self.accelerator.no_sync(self.transformer)
@@ -326,7 +326,7 @@ class Trainer:
     # ------------------------------------------------------------------ eval, export, loop
     def evaluate(self, step: int) -> dict[str, float]:
         cfg = self.cfg
-        prompts = self.prompt_set.test[: cfg.prompts.num_eval_prompts]
+        prompts = eval_subset(self.prompt_set.test, cfg.prompts.num_eval_prompts)
         with (self.ema.swapped_in() if self.ema else contextlib.nullcontext()):
             return evaluate_and_save(
                 self.pipe, self.transformer, self.encoder, self.reward, prompts, cfg.prompts.eval_seeds,
