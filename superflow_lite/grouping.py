@@ -1,0 +1,348 @@
+"""Per-prompt value trackers, prompt choice and group sizes under the rollout cap.
+
+ALGORITHM.md section 3 (SuperFlow's variance-aware dynamic groups, with SPO's discounted
+Beta tracker) and section 6 (the Flow-GRPO baseline: B uniform prompts, fixed G).
+
+The math is a set of pure numpy functions; `ValueTrackers` and `GroupSampler` hold the
+state (trackers, RNG) a checkpoint must restore so that a resumed run makes the same
+choices. Rewards reaching this module are unit-range, r in [0, 1] (each reward declares
+its range and the trainer maps it), because the trackers are Beta posteriors on [0, 1].
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal, Sequence
+
+import numpy as np
+
+if TYPE_CHECKING:  # only `GroupSampler.from_config` reads the config
+    from .config import Config
+
+PRIOR = 0.5
+"""alpha = beta = 0.5 for an unseen prompt: v = 0.5, the most uncertain value (section 3)."""
+
+# ----------------------------------------------------------------------------- pure math
+
+
+def tracker_value(alpha: float, beta: float) -> float:
+    """v_c = alpha / (alpha + beta): the tracker's estimate of the expected unit reward."""
+    return alpha / (alpha + beta)
+
+
+def tracker_update(alpha: float, beta: float, unit_rewards: Sequence[float] | np.ndarray,
+                   rho: float) -> tuple[float, float]:
+    """alpha <- rho*alpha + sum_j r_j,  beta <- rho*beta + sum_j (1 - r_j)   (section 3).
+
+    rho < 1 discounts old evidence: the policy moves, so old rewards describe an old policy.
+    """
+    r = np.asarray(unit_rewards, dtype=np.float64)
+    return rho * alpha + float(r.sum()), rho * beta + float((1.0 - r).sum())
+
+
+def adaptive_rho(drift: float, d_half: float, lo: float = 0.875, hi: float = 0.96) -> float:
+    """rho = clip(2^(-D / D_half), lo, hi)   (section 3, option).
+
+    A policy that moved by D_half halves the weight of old evidence; the clip keeps the
+    tracker from forgetting everything (lo) or never forgetting (hi).
+    """
+    return float(np.clip(2.0 ** (-drift / d_half), lo, hi))
+
+
+def uncertainty_weights(values: np.ndarray, floor: float) -> np.ndarray:
+    """w_c = sqrt(v_c (1 - v_c)) + floor   (section 3). [P] -> [P].
+
+    sqrt(v(1-v)) is the std of a Bernoulli(v) reward: prompts the policy sometimes solves
+    carry the most signal. The floor keeps every prompt reachable.
+    """
+    v = np.clip(np.asarray(values, dtype=np.float64), 0.0, 1.0)
+    return np.sqrt(v * (1.0 - v)) + floor
+
+
+def choose_prompts(weights: np.ndarray, num_prompts: int, rng: np.random.Generator) -> np.ndarray:
+    """Draw `num_prompts` distinct indices with probability proportional to `weights`.
+
+    Returns int64 [num_prompts] in draw order. numpy refuses to draw more distinct
+    indices than there are positive weights (possible with floor 0): those come first,
+    then the rest uniformly from the zero-weight prompts.
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    if num_prompts > len(w):
+        raise ValueError(f"cannot draw {num_prompts} distinct prompts from a pool of {len(w)}")
+    if np.any(w < 0) or not np.all(np.isfinite(w)):
+        raise ValueError("prompt weights must be finite and >= 0")
+    positive = np.flatnonzero(w > 0)
+    if len(positive) >= num_prompts:
+        return rng.choice(len(w), size=num_prompts, replace=False, p=w / w.sum()).astype(np.int64)
+    zero = np.flatnonzero(w <= 0)
+    rest = rng.choice(zero, size=num_prompts - len(positive), replace=False)
+    return np.concatenate([rng.permutation(positive), rest]).astype(np.int64)
+
+
+def _order_most_uncertain_first(weights: np.ndarray) -> np.ndarray:
+    # Stable sort so that ties keep their draw order: the same plan for the same RNG state.
+    return np.argsort(-np.asarray(weights, dtype=np.float64), kind="stable")
+
+
+def bin_group_sizes(weights_of_chosen: np.ndarray, m_max: int, m_min: int, num_bins: int) -> np.ndarray:
+    """Group size per chosen prompt from its uncertainty rank   (section 3). [B] -> int64 [B].
+
+    Prompts are ranked by w (rank = number of prompts strictly more uncertain, so ties
+    share a rank) and cut into K equal quantile bins: bin k = floor(rank * K / B).
+    Bin k gets round(M_max - (M_max - M_min) * k / (K - 1)): the most uncertain bin M_max,
+    the least M_min, linear between (M_max 24, M_min 21, K 4 -> 24/23/22/21).
+    """
+    if not 1 <= m_min <= m_max or num_bins < 1:
+        raise ValueError(f"need 1 <= m_min <= m_max and num_bins >= 1; got {m_min}, {m_max}, {num_bins}")
+    w = np.asarray(weights_of_chosen, dtype=np.float64)
+    n = len(w)
+    rank = (w[None, :] > w[:, None]).sum(axis=1)  # [B]; O(B^2) is nothing for B ~ 100
+    bins = (rank * num_bins) // max(n, 1)
+    frac = bins / (num_bins - 1) if num_bins > 1 else np.zeros(n)
+    return np.floor(m_max - (m_max - m_min) * frac + 0.5).astype(np.int64)
+
+
+def fit_to_cap(sizes: np.ndarray, weights: np.ndarray, cap: int, m_min: int, min_group: int) -> np.ndarray:
+    """Fit group sizes to the rollout cap R   (section 3 "Budget"). int64 [B]; 0 = dropped.
+
+    cap 0 = unlimited. Over the cap: (1) shrink proportionally, s <- floor(s * R / sum s),
+    never below lo = max(M_min, min_group); (2) drop the least uncertain prompts until
+    sum <= R; (3) our choice: hand the rollouts the rounding and dropping freed back one at
+    a time, most uncertain first, never above a group's original size. Each step keeps
+    the order "more uncertain -> never a smaller group".
+    """
+    sizes = np.asarray(sizes, dtype=np.int64).copy()
+    lo = max(m_min, min_group)
+    if np.any((sizes > 0) & (sizes < lo)):
+        raise ValueError(f"group sizes {sizes.tolist()} fall below the floor max(m_min, min_group) = {lo}")
+    total = int(sizes.sum())
+    if cap <= 0 or total <= cap:
+        return sizes
+    order = _order_most_uncertain_first(weights)
+    original = sizes.copy()
+    shrunk = np.where(sizes > 0, np.clip((sizes * cap) // total, lo, sizes), 0)
+    for i in order[::-1]:  # least uncertain first
+        if shrunk.sum() <= cap:
+            break
+        shrunk[i] = 0
+    left = cap - int(shrunk.sum())
+    kept = [i for i in order if shrunk[i] > 0]
+    while left > 0:
+        grew = False
+        for i in kept:
+            if left > 0 and shrunk[i] < original[i]:
+                shrunk[i] += 1
+                left -= 1
+                grew = True
+        if not grew:
+            break
+    return shrunk
+
+
+def pack_micro_batches(group_sizes: Sequence[int], micro_batch: int) -> list[list[tuple[int, int]]]:
+    """Flatten rollouts into sampling micro-batches of `micro_batch` (the last may be short).
+
+    Returns ceil(total / micro_batch) lists of (group_index, member_index). Groups span
+    micro-batch boundaries, so a mix of group sizes costs no extra forward passes.
+    """
+    if micro_batch < 1:
+        raise ValueError(f"micro_batch must be >= 1, got {micro_batch}")
+    flat = [(g, m) for g, size in enumerate(group_sizes) for m in range(int(size))]
+    return [flat[i:i + micro_batch] for i in range(0, len(flat), micro_batch)]
+
+
+# ----------------------------------------------------------------------------- state
+
+
+class ValueTrackers:
+    """Per-prompt discounted Beta trackers (alpha_c, beta_c), keyed by the prompt string."""
+
+    def __init__(self, prior: float = PRIOR):
+        self.prior = prior
+        self._ab: dict[str, tuple[float, float]] = {}
+
+    def __len__(self) -> int:
+        return len(self._ab)
+
+    def seen(self, prompt: str) -> bool:
+        return prompt in self._ab
+
+    def alpha_beta(self, prompt: str) -> tuple[float, float]:
+        return self._ab.get(prompt, (self.prior, self.prior))
+
+    def value(self, prompt: str) -> float:
+        return tracker_value(*self.alpha_beta(prompt))
+
+    def values(self, prompts: Sequence[str]) -> np.ndarray:
+        """v_c for each prompt (unseen: the prior's 0.5). float64 [P]."""
+        return np.array([self.value(p) for p in prompts], dtype=np.float64)
+
+    def update(self, prompt: str, unit_rewards: Sequence[float] | np.ndarray, rho: float) -> None:
+        r = np.asarray(unit_rewards, dtype=np.float64)
+        if r.size and (r.min() < 0.0 or r.max() > 1.0):
+            raise ValueError(f"tracker rewards must lie in [0, 1]; got [{r.min()}, {r.max()}] for {prompt!r}")
+        self._ab[prompt] = tracker_update(*self.alpha_beta(prompt), r, rho)
+
+    def spread(self) -> dict[str, float]:
+        """How the seen prompts' values spread (only tracker/num_seen until one is seen)."""
+        stats = {"tracker/num_seen": float(len(self._ab))}
+        if not self._ab:
+            return stats
+        ab = np.array(list(self._ab.values()), dtype=np.float64)  # [P, 2]
+        v = ab[:, 0] / ab.sum(axis=1)
+        stats.update({
+            "tracker/value_mean": float(v.mean()), "tracker/value_std": float(v.std()),
+            "tracker/value_min": float(v.min()), "tracker/value_max": float(v.max()),
+            "tracker/uncertainty_mean": float(np.sqrt(v * (1.0 - v)).mean()),
+            "tracker/evidence_mean": float(ab.sum(axis=1).mean()),  # alpha + beta
+        })
+        return stats
+
+    def state_dict(self) -> dict:
+        return {"prior": self.prior, "trackers": {p: [a, b] for p, (a, b) in self._ab.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.prior = float(state["prior"])
+        self._ab = {p: (float(a), float(b)) for p, (a, b) in state["trackers"].items()}
+
+
+@dataclass
+class GroupPlan:
+    """One iteration's plan: the kept prompts and their group sizes (dropped prompts absent).
+
+    values: tracker values v_c at planning time, i.e. BEFORE this iteration's update:
+    the tracker baseline of section 4.
+    """
+
+    prompts: list[str]
+    group_sizes: list[int]
+    first_visit: list[bool]
+    values: list[float] = field(default_factory=list)
+    num_dropped: int = 0
+
+    @property
+    def total_rollouts(self) -> int:
+        return int(sum(self.group_sizes))
+
+    def group_ids(self) -> np.ndarray:
+        """Group index of each rollout, in rollout order. int64 [total_rollouts]."""
+        return np.repeat(np.arange(len(self.group_sizes)), self.group_sizes).astype(np.int64)
+
+    def stats(self) -> dict[str, float]:
+        sizes = np.asarray(self.group_sizes, dtype=np.float64)
+        return {
+            "group/num_prompts": float(len(sizes)), "group/num_dropped": float(self.num_dropped),
+            "group/total_rollouts": float(sizes.sum()),
+            "group/size_mean": float(sizes.mean()) if len(sizes) else 0.0,
+            "group/size_min": float(sizes.min()) if len(sizes) else 0.0,
+            "group/size_max": float(sizes.max()) if len(sizes) else 0.0,
+            "group/first_visit_frac": float(np.mean(self.first_visit)) if len(sizes) else 0.0,
+        }
+
+
+class GroupSampler:
+    """Chooses each iteration's prompts and group sizes; learns the trackers from rewards.
+
+    algorithm "flow_grpo": B prompts uniformly without replacement, G rollouts each.
+    algorithm "superflow": B prompts drawn by uncertainty; with dynamic_groups, sizes from
+    uncertainty bins, else G each. Both obey `rollout_cap` (R, 0 = unlimited), a public
+    attribute the trainer may reset from the memory plan; fixed-G plans drop prompts
+    rather than shrink G. Trackers are updated under both algorithms (flow_grpo only logs them).
+    """
+
+    def __init__(
+        self, algorithm: Literal["superflow", "flow_grpo"], prompt_pool: Sequence[str], *,
+        prompts_per_iter: int, group_size: int, dynamic_groups: bool, m_max: int, m_min: int,
+        num_bins: int, rollout_cap: int, baseline: Literal["tracker", "group_mean"], rho: float,
+        adaptive_rho: bool, d_half: float, weight_floor: float, seed: int,
+    ):
+        if algorithm not in ("superflow", "flow_grpo"):
+            raise ValueError(f"algorithm must be 'superflow' or 'flow_grpo', got {algorithm!r}")
+        pool = list(dict.fromkeys(prompt_pool))  # duplicates would share a tracker anyway
+        if len(pool) < prompts_per_iter:
+            raise ValueError(f"the prompt pool has {len(pool)} distinct prompts, fewer than "
+                             f"prompts_per_iter={prompts_per_iter}; lower it or add prompts")
+        self.algorithm, self.pool = algorithm, pool
+        self.prompts_per_iter, self.group_size = prompts_per_iter, group_size
+        self.dynamic_groups = dynamic_groups and algorithm == "superflow"
+        self.m_max, self.m_min, self.num_bins = m_max, m_min, num_bins
+        self.rollout_cap, self.baseline = rollout_cap, baseline
+        self.rho, self.adaptive_rho, self.d_half = rho, adaptive_rho, d_half
+        self.weight_floor = weight_floor
+        # The group-mean baseline of a 1-rollout group is the reward itself: no signal.
+        self.min_group = 2 if (algorithm == "flow_grpo" or baseline == "group_mean") else 1
+        smallest = m_min if self.dynamic_groups else group_size
+        if smallest < self.min_group:
+            raise ValueError(f"group size {smallest} < {self.min_group}: the group-mean baseline needs >= 2 rollouts")
+        self.trackers = ValueTrackers()
+        self.rng = np.random.default_rng(seed)
+
+    @classmethod
+    def from_config(cls, cfg: Config, prompt_pool: Sequence[str], rollout_cap: int | None = None) -> GroupSampler:
+        """Build from cfg.algorithm, cfg.superflow and cfg.train.seed. `rollout_cap` overrides
+        cfg.superflow.rollout_cap (whose 0 means "from the memory plan": pass the plan's R)."""
+        sf = cfg.superflow
+        return cls(
+            cfg.algorithm, prompt_pool, prompts_per_iter=sf.prompts_per_iter, group_size=sf.group_size,
+            dynamic_groups=sf.dynamic_groups, m_max=sf.m_max, m_min=sf.m_min, num_bins=sf.num_bins,
+            rollout_cap=sf.rollout_cap if rollout_cap is None else rollout_cap, baseline=sf.baseline,
+            rho=sf.rho, adaptive_rho=sf.adaptive_rho, d_half=sf.d_half, weight_floor=sf.weight_floor,
+            seed=cfg.train.seed,
+        )
+
+    def plan(self) -> GroupPlan:
+        """Choose this iteration's prompts and group sizes (advances the RNG)."""
+        b = self.prompts_per_iter
+        if self.algorithm == "flow_grpo":
+            chosen = self.rng.choice(len(self.pool), size=b, replace=False)
+            w = np.ones(b)  # no uncertainty order: over the cap, the last drawn are dropped
+        else:
+            w_pool = uncertainty_weights(self.trackers.values(self.pool), self.weight_floor)
+            chosen = choose_prompts(w_pool, b, self.rng)
+            w = w_pool[chosen]
+        if self.dynamic_groups:
+            sizes = bin_group_sizes(w, self.m_max, self.m_min, self.num_bins)
+            sizes = fit_to_cap(sizes, w, self.rollout_cap, self.m_min, self.min_group)
+        else:
+            sizes = fit_to_cap(np.full(b, self.group_size), w, self.rollout_cap, self.group_size, self.group_size)
+        if not sizes.any():
+            raise ValueError(f"rollout_cap={self.rollout_cap} is below the smallest allowed group "
+                             f"({max(self.m_min, self.min_group) if self.dynamic_groups else self.group_size})")
+        keep = [int(i) for i, s in zip(chosen, sizes) if s > 0]
+        prompts = [self.pool[i] for i in keep]
+        return GroupPlan(
+            prompts=prompts, group_sizes=[int(s) for s in sizes if s > 0],
+            first_visit=[not self.trackers.seen(p) for p in prompts],
+            values=self.trackers.values(prompts).tolist(), num_dropped=int((sizes == 0).sum()),
+        )
+
+    def update(self, plan: GroupPlan, unit_rewards_per_group: list[np.ndarray],
+               drift: float | None = None) -> dict[str, float]:
+        """Tracker update after the policy update (section 3). Returns tracker stats.
+
+        drift: the policy drift D of this iteration; required when adaptive_rho is on.
+        """
+        if len(unit_rewards_per_group) != len(plan.prompts):
+            raise ValueError(f"{len(unit_rewards_per_group)} reward groups for {len(plan.prompts)} planned prompts")
+        if self.adaptive_rho:
+            if drift is None or not math.isfinite(drift):
+                raise ValueError(f"adaptive_rho needs a finite policy drift, got {drift!r}")
+            rho = adaptive_rho(drift, self.d_half)
+        else:
+            rho = self.rho
+        for prompt, size, r in zip(plan.prompts, plan.group_sizes, unit_rewards_per_group):
+            if len(r) != size:
+                raise ValueError(f"{len(r)} rewards for {prompt!r}, planned {size}")
+            self.trackers.update(prompt, r, rho)
+        return {"tracker/rho": rho, **self.trackers.spread()}
+
+    def state_dict(self) -> dict:
+        """JSON-serialisable: trackers and the RNG state, so a resumed run repeats the choices."""
+        return {"algorithm": self.algorithm, "trackers": self.trackers.state_dict(),
+                "rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["algorithm"] != self.algorithm:
+            raise ValueError(f"checkpoint was made with algorithm={state['algorithm']!r}, this run uses {self.algorithm!r}")
+        self.trackers.load_state_dict(state["trackers"])
+        self.rng.bit_generator.state = state["rng"]
