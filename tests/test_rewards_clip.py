@@ -47,7 +47,8 @@ def test_clip_rewards_score_in_range(name: str, clip_dir: Path) -> None:
 
 def test_pickscore_formula(clip_dir: Path) -> None:
     # PickScore/26 = exp(logit_scale) * cos / 26; the tiny model's exp(logit_scale) is 100.
-    reward = build_reward({"pickscore": 1.0}, "cpu", {"pickscore": {"model_name_or_path": str(clip_dir), "low": -5, "high": 5}})
+    options = {"pickscore": {"model_name_or_path": str(clip_dir), "low": -5, "high": 5}}
+    reward = build_reward({"pickscore": 1.0}, "cpu", options)
     out = reward(_images(), PROMPTS)
     np.testing.assert_allclose(out.scores, 100.0 * out.extras["cosine"] / 26.0, rtol=1e-4)
 

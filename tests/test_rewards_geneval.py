@@ -33,7 +33,8 @@ def test_every_builtin_prompt_parses_back() -> None:
 def test_parse_examples() -> None:
     assert parse_prompt("a photo of three pairs of skis") == spec_count("skis", 3)
     assert parse_prompt("A photo of an orange orange.") == spec_color("orange", "orange")
-    assert parse_prompt("a photo of a hot dog right of a tv remote") == spec_position("hot dog", "right of", "tv remote")
+    expected = spec_position("hot dog", "right of", "tv remote")
+    assert parse_prompt("a photo of a hot dog right of a tv remote") == expected
     assert parse_prompt("a photo of a blue bus and a green cake") == spec_color_attr("bus", "blue", "cake", "green")
     assert parse_prompt("a photo of a dog and a cat") == spec_two("dog", "cat")
     assert parse_prompt("a cat sitting on a mat") is None

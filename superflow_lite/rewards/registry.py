@@ -1,0 +1,111 @@
+"""Name -> reward class, and weighted sums of several rewards."""
+from __future__ import annotations
+
+import inspect
+import numbers
+from typing import Callable, Sequence
+
+import numpy as np
+from PIL import Image
+
+from .base import Reward, RewardOutput
+
+_REGISTRY: dict[str, type[Reward]] = {}
+
+
+def register(name: str) -> Callable[[type[Reward]], type[Reward]]:
+    def wrap(cls: type[Reward]) -> type[Reward]:
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def available_rewards() -> list[str]:
+    _import_builtin_rewards()
+    return sorted(_REGISTRY)
+
+
+def _import_builtin_rewards() -> None:
+    # Importing the modules runs their @register decorators. None of them imports torch,
+    # transformers or an OCR engine at module level: those load in Reward.load().
+    from . import aesthetic, clip_rewards, geneval, jpeg, ocr, remote  # noqa: F401
+    from ..world import reward as _world_reward  # noqa: F401
+
+
+class WeightedSum(Reward):
+    """sum_k w_k * r_k. Its range is the weighted sum of the parts' ranges."""
+
+    name = "weighted_sum"
+
+    def __init__(self, parts: Sequence[tuple[Reward, float]]):
+        super().__init__(device=parts[0][0].device)
+        self.parts = list(parts)
+        self.low = float(sum(w * (r.low if w >= 0 else r.high) for r, w in self.parts))
+        self.high = float(sum(w * (r.high if w >= 0 else r.low) for r, w in self.parts))
+        self.name = "+".join(f"{w:g}*{r.name}" for r, w in self.parts)
+
+    def score(self, images: Sequence[Image.Image], prompts: Sequence[str], metadata) -> RewardOutput:
+        total = np.zeros(len(images), dtype=np.float32)
+        extras: dict[str, np.ndarray] = {}
+        for reward, weight in self.parts:
+            out = reward(images, prompts, metadata)
+            total += weight * out.scores
+            extras[reward.name] = out.scores
+            extras.update({f"{reward.name}/{k}": v for k, v in out.extras.items()})
+        return RewardOutput(total, extras)
+
+
+def _check_weights(weights: dict[str, float]) -> None:
+    """Raise ValueError naming the bad entry and what is accepted."""
+    valid = ", ".join(sorted(_REGISTRY))
+    if not isinstance(weights, dict) or not weights:
+        raise ValueError(
+            f"reward.weights must be a non-empty mapping name -> weight, e.g. {{shapes: 1.0}}; "
+            f"got {weights!r}. Available rewards: {valid}"
+        )
+    for name, weight in weights.items():
+        if name not in _REGISTRY:
+            raise ValueError(f"unknown reward {name!r}; available: {valid}")
+        # bool is a numbers.Number too, and `ocr: true` is a YAML slip, not a weight.
+        if isinstance(weight, bool) or not isinstance(weight, numbers.Real):
+            raise ValueError(
+                f"reward weight for {name!r} must be a number (e.g. 1.0), got {weight!r}"
+            )
+        if not np.isfinite(weight) or weight == 0:
+            raise ValueError(
+                f"reward weight for {name!r} must be a non-zero finite number, got {weight!r}; "
+                f"to drop a reward, remove its name from reward.weights"
+            )
+
+
+def _construct(name: str, device: str, opts: dict) -> Reward:
+    """Instantiate one reward; a misspelt option names the options the reward takes."""
+    cls = _REGISTRY[name]
+    params = inspect.signature(cls.__init__).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    valid = [p for p in params if p not in ("self", "device", "options")]
+    unknown = [k for k in opts if k not in valid]
+    if unknown and not takes_any:
+        raise ValueError(
+            f"reward.options.{name}: unknown option {unknown[0]!r}; valid: {', '.join(valid) or '(none)'}"
+        )
+    return cls(device=device, **opts)
+
+
+def build_reward(
+    weights: dict[str, float], device: str = "cpu", options: dict[str, dict] | None = None
+) -> Reward:
+    """Build one reward, or a weighted sum when several names are given.
+
+    weights: {"shapes": 1.0} or {"ocr": 0.7, "jpeg_compressibility": 0.3}
+    options: per-reward keyword arguments, e.g. {"remote": {"url": "http://..."}}
+    """
+    _import_builtin_rewards()
+    options = options or {}
+    _check_weights(weights)
+    parts = [(_construct(n, device, options.get(n) or {}), float(w)) for n, w in weights.items()]
+    if len(parts) == 1 and parts[0][1] == 1.0:
+        return parts[0][0]
+    return WeightedSum(parts)
