@@ -36,10 +36,10 @@ def generate(pipe, transformer, encoder: PromptEncoder, prompts: list[str], seed
 
 def evaluate_and_save(pipe, transformer, encoder: PromptEncoder, reward: Reward, prompts: list[str],
                       seeds: list[int], out_dir: Path, *, resolution: int, num_steps: int,
-                      guidance_scale: float, micro_batch: int) -> dict[str, float]:
+                      guidance_scale: float, micro_batch: int, vae_decode: str = "full") -> dict[str, float]:
     pairs = [(p, s) for p in prompts for s in seeds]
     all_prompts, all_seeds = [p for p, _ in pairs], [s for _, s in pairs]
-    images = generate(pipe, transformer, encoder, all_prompts, all_seeds, resolution, num_steps, guidance_scale, micro_batch)
+    images = generate(pipe, transformer, encoder, all_prompts, all_seeds, resolution, num_steps, guidance_scale, micro_batch, vae_decode)
     scored = reward(images, all_prompts)
     out_dir.mkdir(parents=True, exist_ok=True)
     index = []

@@ -79,6 +79,14 @@ def check_machine(cfg: Config) -> None:
             f"preset {cfg.preset!r} targets a CUDA GPU and none is visible; on a CPU use --preset tiny "
             "(the built-in shapes world)"
         )
+    from .models import ModelUnavailable, bitsandbytes_needs, require_bitsandbytes
+
+    needs = bitsandbytes_needs(cfg.model) + (["train.optimizer=adamw8bit"] if cfg.train.optimizer == "adamw8bit" else [])
+    for need in needs:
+        try:
+            require_bitsandbytes(need)
+        except ModelUnavailable as err:
+            raise UsageError(str(err)) from None
 
 
 def check_references(cfg: Config) -> None:

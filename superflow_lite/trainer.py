@@ -27,7 +27,8 @@ from .ema import LoraEMA
 from .evaluation import evaluate_and_save
 from .export import export_lora
 from .grouping import GroupPlan, GroupSampler
-from .models import add_lora, load_pipeline, lora_parameters, resolve_device
+from .memory import plan_for_config, retry_on_oom, to_rollout_buffer
+from .models import add_lora, load_pipeline, lora_parameters, require_bitsandbytes, resolve_device
 from .policy import clipped_policy_loss
 from .prompts import eval_subset, load_prompts
 from .rewards.async_scorer import AsyncRewardScorer
@@ -103,22 +104,21 @@ class Trainer:
         self.ema = LoraEMA(params, cfg.train.ema_decay) if cfg.train.ema else None
         self.reward = build_reward(cfg.reward.weights, cfg.reward.device, cfg.reward.options)
         self.prompt_set = load_prompts(cfg.prompts)
-        cap = cfg.superflow.rollout_cap or self._planned_cap()
+        # The memory plan: R when superflow.rollout_cap is 0, and micro-batches that fit the card.
+        self.memory_plan = plan_for_config(cfg)
+        for problem in self.memory_plan.problems:
+            log.warning("memory plan: %s", problem)
+        cap = cfg.superflow.rollout_cap or self.memory_plan.rollout_cap
         self.sampler = GroupSampler.from_config(cfg, self.prompt_set.train, rollout_cap=cap)
         self.encoder = PromptEncoder(self.pipe, self.device, cfg.sampling.max_sequence_length, cfg.memory.embed_cache_size)
-        self.sample_micro_batch = cfg.sampling.micro_batch
-        self.train_micro_batch = cfg.train.micro_batch
+        self.sample_micro_batch = self.memory_plan.sample_micro_batch
+        self.train_micro_batch = self.memory_plan.train_micro_batch
         self.buffer_device = torch.device("cpu") if cfg.memory.rollout_buffer == "cpu" else self.device
         self.latent_channels = self.pipe.transformer.config.in_channels
         self.latent_size = cfg.sampling.resolution // self.pipe.vae_scale_factor
         self.iteration = 0
         self.rollouts_total = 0
         self.stop = StopRequested()
-
-    def _planned_cap(self) -> int:
-        from .memory import plan_for_config
-
-        return plan_for_config(self.cfg).rollout_cap
 
     @property
     def base_model(self) -> torch.nn.Module:
@@ -177,19 +177,19 @@ class Trainer:
         uncond = self.encoder.negative()
         latents, logps, futures = [], [], []
         self.transformer.eval()
-        for start in range(0, len(rows), self.sample_micro_batch):
-            chunk = slice(start, start + self.sample_micro_batch)
-            groups = group_of_row[rows][chunk]
-            cond = embeds.index(list(groups)).to(self.device, torch.float32)
-            unc = PromptEmbeds(uncond.embeds.expand(len(groups), -1, -1), uncond.pooled.expand(len(groups), -1))
-            traj = sample_trajectories(
-                self.transformer, noise[chunk].to(self.device), schedule, cond,
-                unc.to(self.device, torch.float32), self.cfg.sampling.guidance_scale, sde_gen,
-            )
-            images = decode_images(self.pipe, traj.latents[:, -1], self.cfg.memory.vae_decode)
-            futures.append(self.scorer.submit(images, [plan.prompts[g] for g in groups], [{} for _ in groups]))
-            latents.append(traj.latents.to(self.buffer_device))
-            logps.append(traj.logp.to(self.buffer_device))
+        groups_of_rows = group_of_row[rows]
+        start = 0
+        while start < len(rows):
+            chunk = slice(start, min(start + self.sample_micro_batch, len(rows)))
+            # A CUDA OOM halves the micro-batch and redoes this chunk (memory.retry_on_oom).
+            pieces, self.sample_micro_batch = retry_on_oom(
+                lambda mb: self._sample_chunk(chunk, mb, groups_of_rows, noise, embeds, uncond, schedule, sde_gen),
+                self.sample_micro_batch, log, "sampling")
+            for groups, traj, images in pieces:
+                futures.append(self.scorer.submit(images, [plan.prompts[g] for g in groups], [{} for _ in groups]))
+                latents.append(to_rollout_buffer(traj.latents, self.buffer_device))
+                logps.append(to_rollout_buffer(traj.logp, self.buffer_device))
+            start = chunk.stop
         outputs = [f.result() for f in futures]
         local_scores = np.concatenate([o.scores for o in outputs]) if outputs else np.zeros(0)
         scores = self._all_rows(local_scores, rows, total)
@@ -200,6 +200,22 @@ class Trainer:
             latents=torch.cat(latents), logp_old=torch.cat(logps),
             rewards=scores, unit_rewards=self.reward.to_unit(scores), extras=extras,
         )
+
+    def _sample_chunk(self, chunk: slice, micro_batch: int, groups_of_rows: np.ndarray, noise: torch.Tensor,
+                      embeds: PromptEmbeds, uncond: PromptEmbeds, schedule: Schedule, sde_gen: torch.Generator) -> list:
+        """The rows of `chunk` sampled and decoded in pieces of `micro_batch`: [(groups, trajectories, images)]."""
+        out = []
+        for start in range(chunk.start, chunk.stop, micro_batch):
+            piece = slice(start, min(start + micro_batch, chunk.stop))
+            groups = groups_of_rows[piece]
+            cond = embeds.index(list(groups)).to(self.device, torch.float32)
+            unc = PromptEmbeds(uncond.embeds.expand(len(groups), -1, -1), uncond.pooled.expand(len(groups), -1))
+            traj = sample_trajectories(
+                self.transformer, noise[piece].to(self.device), schedule, cond,
+                unc.to(self.device, torch.float32), self.cfg.sampling.guidance_scale, sde_gen,
+            )
+            out.append((groups, traj, decode_images(self.pipe, traj.latents[:, -1], self.cfg.memory.vae_decode)))
+        return out
 
     def _all_rows(self, local: np.ndarray, rows: list[int], total: int) -> np.ndarray:
         """Scatter this process's values into the iteration's rows and sum over processes."""
@@ -244,31 +260,45 @@ class Trainer:
         for minibatch in order.chunk(cfg.train.updates_per_iter):
             if len(minibatch) == 0:
                 continue
-            self.optimizer.zero_grad(set_to_none=True)
-            micro = list(minibatch.split(self.train_micro_batch))
-            for m_idx, idx in enumerate(micro):
-                batch = {
-                    "latents": rollouts.latents[idx].to(self.device),
-                    "logp_old": rollouts.logp_old[idx].to(self.device),
-                    "adv": adv[idx].to(self.device),
-                    "cond": embeds.index(rollouts.group[idx].tolist()).to(self.device, torch.float32),
-                    "uncond": PromptEmbeds(uncond.embeds.expand(len(idx), -1, -1), uncond.pooled.expand(len(idx), -1)).to(self.device, torch.float32),
-                }
-                for pos, step in enumerate(steps):
-                    last = m_idx == len(micro) - 1 and pos == len(steps) - 1
-                    with self._sync_unless(last):
-                        loss, stats = self.step_loss(batch, schedule, step, pos)
-                        # Weight so the accumulated gradient is the mean over (rollout, step).
-                        self.accelerator.backward(loss * (len(idx) / len(minibatch)) / len(steps))
-                    for k, v in stats.items():
-                        sums[k] = sums.get(k, 0.0) + float(v)
-                    count += 1
+            # A CUDA OOM halves the micro-batch and redoes this minibatch from zero_grad.
+            (mb_sums, mb_count), self.train_micro_batch = retry_on_oom(
+                lambda mb: self._accumulate(minibatch, mb, rollouts, adv, embeds, uncond, schedule, steps),
+                self.train_micro_batch, log, "training")
+            for k, v in mb_sums.items():
+                sums[k] = sums.get(k, 0.0) + v
+            count += mb_count
             grad_norms.append(float(self.accelerator.clip_grad_norm_(lora_parameters(self.base_model), cfg.train.grad_clip)))
             self.optimizer.step()
             if self.ema:
                 self.ema.update()
         stats = {f"grpo/{k}": v / max(count, 1) for k, v in sums.items()}
         return {**stats, "grpo/grad_norm": float(np.mean(grad_norms)) if grad_norms else 0.0}
+
+    def _accumulate(self, minibatch: torch.Tensor, micro_batch: int, rollouts: Rollouts, adv: torch.Tensor,
+                    embeds: PromptEmbeds, uncond: PromptEmbeds, schedule: Schedule, steps: list[int]) -> tuple[dict, int]:
+        """zero_grad, then accumulate the minibatch's mean-loss gradient in micro-batches of `micro_batch`."""
+        self.optimizer.zero_grad(set_to_none=True)
+        sums: dict[str, float] = {}
+        count = 0
+        micro = list(minibatch.split(micro_batch))
+        for m_idx, idx in enumerate(micro):
+            batch = {
+                "latents": rollouts.latents[idx].to(self.device),
+                "logp_old": rollouts.logp_old[idx].to(self.device),
+                "adv": adv[idx].to(self.device),
+                "cond": embeds.index(rollouts.group[idx].tolist()).to(self.device, torch.float32),
+                "uncond": PromptEmbeds(uncond.embeds.expand(len(idx), -1, -1), uncond.pooled.expand(len(idx), -1)).to(self.device, torch.float32),
+            }
+            for pos, step in enumerate(steps):
+                last = m_idx == len(micro) - 1 and pos == len(steps) - 1
+                with self._sync_unless(last):
+                    loss, stats = self.step_loss(batch, schedule, step, pos)
+                    # Weight so the accumulated gradient is the mean over (rollout, step).
+                    self.accelerator.backward(loss * (len(idx) / len(minibatch)) / len(steps))
+                for k, v in stats.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+                count += 1
+        return sums, count
 
     def _sync_unless(self, last: bool):
         return contextlib.nullcontext() if last else self.accelerator.no_sync(self.transformer)
@@ -332,7 +362,7 @@ class Trainer:
                 self.pipe, self.transformer, self.encoder, self.reward, prompts, cfg.prompts.eval_seeds,
                 self.run.samples_dir / f"{step:06d}", resolution=cfg.sampling.resolution,
                 num_steps=cfg.sampling.eval_num_steps, guidance_scale=cfg.sampling.eval_guidance_scale,
-                micro_batch=self.sample_micro_batch,
+                micro_batch=self.sample_micro_batch, vae_decode=cfg.memory.vae_decode,
             )
 
     def export(self) -> Path:
@@ -380,6 +410,7 @@ class Trainer:
 
 def make_optimizer(params: list[torch.nn.Parameter], cfg: Config) -> torch.optim.Optimizer:
     if cfg.train.optimizer == "adamw8bit":
+        require_bitsandbytes("train.optimizer=adamw8bit")
         import bitsandbytes as bnb
 
         return bnb.optim.AdamW8bit(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
