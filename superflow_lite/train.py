@@ -116,8 +116,8 @@ def setup_logging(log_file: Path) -> None:
 
 def run_training(cfg: Config, run_path: Path, resume: bool, progress: bool = True) -> int:
     from .export import loading_snippet
-    from .rundir import RunDir
-    from .trainer import Trainer
+    from .rundir import Heartbeat, RunDir
+    from .trainer import StopRequested, Trainer
 
     run = RunDir(run_path)
     run.create()
@@ -126,12 +126,16 @@ def run_training(cfg: Config, run_path: Path, resume: bool, progress: bool = Tru
         run.config_path.write_text(to_yaml(cfg))
     run.write_status(state="starting", iteration=0, iterations=cfg.train.iterations, name=run_path.name)
     log.info("run directory %s (preset %s, algorithm %s, base model %s)", run_path, cfg.preset, cfg.algorithm, cfg.model.name_or_path)
+    # Before the model loads: a stop or a watcher's liveness check may come at any time.
+    stop = StopRequested()
+    stop.install()
     try:
-        trainer = Trainer(cfg, run)
-        if resume:
-            trainer.resume()
-        run.write_status(state="running", iteration=trainer.iteration)
-        state = trainer.fit(progress=progress)
+        with Heartbeat(run):
+            trainer = Trainer(cfg, run, stop)
+            if resume:
+                trainer.resume()
+            run.write_status(state="running", iteration=trainer.iteration)
+            state = trainer.fit(progress=progress)
     except KeyboardInterrupt:
         run.write_status(state="stopped")
         log.info("interrupted; the last checkpoint is in %s", run.checkpoints_dir)

@@ -34,7 +34,7 @@ from .prompts import eval_subset, load_prompts
 from .rewards.async_scorer import AsyncRewardScorer
 from .rewards.registry import build_reward
 from .rollout import Schedule, decode_images, initial_noise, make_schedule, predict_velocity, sample_trajectories
-from .rundir import Heartbeat, RunDir
+from .rundir import RunDir
 from .sde import gaussian_logp, kl_to_reference, sde_step_mean_std
 
 log = logging.getLogger("superflow_lite")
@@ -91,8 +91,9 @@ class StopRequested:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, run: RunDir):
+    def __init__(self, cfg: Config, run: RunDir, stop: StopRequested | None = None):
         self.cfg, self.run = cfg, run
+        self.stop = stop or StopRequested()
         self.device = resolve_device(cfg.model.device)
         self.accelerator = Accelerator(cpu=self.device.type == "cpu")
         torch.manual_seed(cfg.train.seed)
@@ -118,7 +119,6 @@ class Trainer:
         self.latent_size = cfg.sampling.resolution // self.pipe.vae_scale_factor
         self.iteration = 0
         self.rollouts_total = 0
-        self.stop = StopRequested()
 
     @property
     def base_model(self) -> torch.nn.Module:
@@ -374,13 +374,12 @@ class Trainer:
         from tqdm.auto import tqdm
 
         cfg, run, main = self.cfg, self.run, self.accelerator.is_main_process
-        self.stop.install()
         total = cfg.train.iterations
         if self.iteration == 0 and main:
             run.append_metrics({"iteration": 0, **self.evaluate(0)})
         bar = tqdm(total=total, initial=self.iteration, disable=not (progress and main), unit="it", dynamic_ncols=True)
         started, first = time.perf_counter(), self.iteration
-        with Heartbeat(run) if main else contextlib.nullcontext(), AsyncRewardScorer(self.reward) as self.scorer:
+        with AsyncRewardScorer(self.reward) as self.scorer:
             while self.iteration < total and not self.stop.requested:
                 row = self.train_iteration(self.iteration)
                 self.iteration += 1

@@ -1,0 +1,249 @@
+"""Start, stop, resume and delete training runs as subprocesses of the CLI.
+
+Every run is `python -m superflow_lite.train ...` exactly as a user would type it, under a
+small supervisor (supervise.py) in a session of its own: the run outlives the browser tab
+and the app. Argument lists only, never a shell. The config is resolved here with the
+CLI's own code first, so an invalid form gets the CLI's message before anything starts.
+One training run per machine: a second launch is refused while one is active.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import ConfigError, parse_override, to_yaml
+from .runs import (ACTIVE_STATES, CONSOLE_FILE, EXIT_FILE, FINAL_STATES, LAUNCH_FILE, RUN_NAME, display_state,
+                   is_our_process, is_run_dir, latest_checkpoint_iteration, list_runs, lora_file, read_json)
+from .supervise import lock_holder
+
+PACKAGE_PARENT = Path(__file__).resolve().parents[2]  # so the subprocess imports this same package
+
+
+class LaunchError(Exception):
+    """A launch, stop, resume or delete that cannot happen; the message says why."""
+
+
+def default_lock_path() -> Path:
+    """One lock per machine (per user): the supervisor of the active run holds it."""
+    return Path(tempfile.gettempdir()) / f"superflow_lite-{os.getuid()}" / "train.lock"
+
+
+@dataclass
+class Preview:
+    name: str
+    run_path: Path
+    config_yaml: str
+    train_args: list[str]  # after `python -m superflow_lite.train`
+
+    @property
+    def command(self) -> str:
+        return shlex.join(["python", "-m", "superflow_lite.train", *self.train_args])
+
+
+class RunManager:
+    def __init__(self, runs_root: str | Path, python: str = sys.executable, lock_path: Path | None = None,
+                 env: dict | None = None, start_timeout_s: float = 30.0):
+        self.root = Path(runs_root).resolve()
+        self.python = python
+        self.lock_path = Path(lock_path) if lock_path else default_lock_path()
+        self.env = env
+        self.start_timeout_s = start_timeout_s
+        self._children: dict[str, subprocess.Popen] = {}
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ paths
+    def run_path(self, name: str) -> Path:
+        """The run folder `name` inside the runs folder; anything else is refused."""
+        if not isinstance(name, str) or not RUN_NAME.match(name):
+            raise LaunchError(f"run name {name!r}: use letters, digits, '.', '_' and '-' (it names a folder in {self.root})")
+        path = (self.root / name).resolve()
+        if path.parent != self.root:
+            raise LaunchError(f"run name {name!r} is outside the runs folder {self.root}")
+        return path
+
+    def existing_run(self, name: str) -> Path:
+        path = self.run_path(name)
+        if not is_run_dir(path):
+            raise LaunchError(f"no run named {name!r} in {self.root}")
+        return path
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.root / ".uploads"
+
+    # ------------------------------------------------------------------ launching
+    def preview(self, preset: str, overrides: list[str], name: str = "") -> Preview:
+        """Resolve the config as the CLI will; raise ConfigError/LaunchError with its message."""
+        from ..config import available_presets
+        from ..train import UsageError, parse_args, resolve
+
+        if preset != "auto" and preset not in available_presets():  # the CLI's words, no path games
+            raise ConfigError(f"unknown preset {preset!r}; available: {', '.join(available_presets())}")
+        for text in overrides:
+            if text.startswith("-"):
+                raise ConfigError(f"override {text!r} must look like section.key=value (e.g. train.lr=1e-4)")
+            parse_override(text)
+        if name:
+            self.run_path(name)
+        pinned = [f"output.root={self.root}"] + ([f"output.name={name}"] if name else [])
+        args = parse_args(["--preset", preset, *pinned, *overrides])
+        try:
+            cfg, run_path = resolve(args)
+        except UsageError as err:
+            raise LaunchError(str(err)) from None
+        name = cfg.output.name  # the CLI's default name when the field was empty
+        path = self.run_path(name)
+        if is_run_dir(path):
+            raise LaunchError(f"a run named {name!r} already exists in {self.root}; choose another name, or resume it")
+        train_args = ["--preset", preset, f"output.root={self.root}", f"output.name={name}", *overrides]
+        return Preview(name=name, run_path=path, config_yaml=to_yaml(cfg), train_args=train_args)
+
+    def start(self, preset: str, overrides: list[str], name: str = "") -> Preview:
+        with self._lock:
+            self._refuse_if_busy()
+            preview = self.preview(preset, overrides, name)
+            self._check_machine(preview)
+            preview.run_path.mkdir(parents=True, exist_ok=True)
+            self._spawn(preview.name, preview.run_path, preview.train_args)
+            return preview
+
+    def resume(self, name: str, overrides: list[str] | None = None) -> str:
+        """Continue a stopped, failed or done run from its latest checkpoint. Returns the command."""
+        from ..train import UsageError, parse_args, resolve
+
+        overrides = list(overrides or [])
+        with self._lock:
+            path = self.existing_run(name)
+            state = display_state(path)
+            if state in ACTIVE_STATES:
+                raise LaunchError(f"run {name!r} is {state}; stop it before resuming")
+            self._refuse_if_busy()
+            train_args = ["--resume", str(path), *overrides]
+            try:
+                cfg, _ = resolve(parse_args(train_args))
+            except UsageError as err:
+                raise LaunchError(str(err)) from None
+            done_at = latest_checkpoint_iteration(path)
+            if state == "done" and done_at is not None and done_at >= cfg.train.iterations:
+                raise LaunchError(f"run {name!r} is done ({done_at}/{cfg.train.iterations} iterations); "
+                                  "raise train.iterations to continue it")
+            self._spawn(name, path, train_args)
+            return shlex.join(["python", "-m", "superflow_lite.train", *train_args])
+
+    def _check_machine(self, preview: Preview) -> None:
+        """The CLI's own check that the machine can run the preset (a GPU preset on a CPU)."""
+        from ..config import build_config
+        from ..train import UsageError, check_machine, parse_args
+
+        args = parse_args(preview.train_args)
+        try:
+            check_machine(build_config(args.preset, None, args.overrides))
+        except UsageError as err:
+            raise LaunchError(str(err)) from None
+
+    def _spawn(self, name: str, path: Path, train_args: list[str]) -> None:
+        (path / EXIT_FILE).unlink(missing_ok=True)
+        env = dict(os.environ if self.env is None else self.env)
+        env["PYTHONPATH"] = os.pathsep.join([str(PACKAGE_PARENT), *filter(None, [env.get("PYTHONPATH")])])
+        env["PYTHONUNBUFFERED"] = "1"  # console.log follows the run line by line
+        cmd = [self.python, "-m", "superflow_lite.train", "--no-progress", *train_args]
+        argv = [self.python, "-m", "superflow_lite.ui.supervise", str(path), str(self.lock_path), "--", *cmd]
+        with (path / CONSOLE_FILE).open("ab") as console:
+            console.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(cmd)}\n".encode())
+            console.flush()
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT,
+                                    start_new_session=True, env=env, close_fds=True)
+        self._children[name] = proc
+        deadline = time.monotonic() + self.start_timeout_s
+        while time.monotonic() < deadline and proc.poll() is None:
+            launch = read_json(path / LAUNCH_FILE) or {}
+            if launch.get("supervisor_pid") == proc.pid:
+                return
+            time.sleep(0.05)
+        if proc.poll() is not None and proc.returncode != 0:
+            raise LaunchError(f"the run did not start (exit code {proc.returncode}); see {path / CONSOLE_FILE}")
+
+    # ------------------------------------------------------------------ one run at a time
+    def _reap(self) -> None:
+        for name, proc in list(self._children.items()):
+            if proc.poll() is not None:
+                del self._children[name]
+
+    def active_run(self) -> str | None:
+        """The name (or path) of the run that holds this machine, if any."""
+        self._reap()
+        if self._children:
+            return next(iter(self._children))
+        holder = lock_holder(self.lock_path)
+        if holder is not None:
+            return holder.get("run") or "another run"
+        return next((r.name for r in list_runs(self.root) if r.state in ACTIVE_STATES), None)
+
+    def _refuse_if_busy(self, exit_wait_s: float = 15.0) -> None:
+        active = self.active_run()
+        deadline = time.monotonic() + exit_wait_s
+        while active and time.monotonic() < deadline and self._is_exiting(active):
+            time.sleep(0.1)  # its final status is written; the process is only exiting
+            active = self.active_run()
+        if active:
+            raise LaunchError(f"run {Path(active).name!r} is still training on this machine: one run at a time. "
+                              "Stop it (it checkpoints first) or wait for it to finish.")
+
+    def _is_exiting(self, active: str) -> bool:
+        path = self.root / Path(active).name
+        return path.parent == self.root and display_state(path) in FINAL_STATES
+
+    # ------------------------------------------------------------------ stop, delete, download
+    def stop(self, name: str) -> str:
+        """Graceful stop: the trainer finishes its iteration, checkpoints and exports."""
+        path = self.existing_run(name)
+        state = display_state(path)
+        if state == "stopping":
+            return f"run {name!r} is already stopping: it finishes the current iteration, then checkpoints"
+        if state not in ACTIVE_STATES:
+            raise LaunchError(f"run {name!r} is {state}; nothing to stop")
+        launch = read_json(path / LAUNCH_FILE) or {}
+        status_pid = (read_json(path / "status.json") or {}).get("pid")
+        for pid in (launch.get("supervisor_pid"), status_pid):
+            if is_our_process(pid):
+                os.kill(int(pid), signal.SIGTERM)
+                if pid == launch.get("supervisor_pid"):  # it records the request: wait, so the state says so
+                    deadline = time.monotonic() + 5.0
+                    while time.monotonic() < deadline and display_state(path) not in ("stopping",) + FINAL_STATES:
+                        time.sleep(0.05)
+                return f"stopping {name!r}: it finishes the current iteration, checkpoints and exports its LoRA"
+        raise LaunchError(f"run {name!r} has no live process to stop")
+
+    def delete(self, name: str) -> None:
+        path = self.existing_run(name)
+        state = display_state(path)
+        if state in ACTIVE_STATES:
+            raise LaunchError(f"run {name!r} is {state}; stop it before deleting it")
+        self._children.pop(name, None)
+        shutil.rmtree(path)
+
+    def lora_zip(self, name: str) -> Path:
+        """<run>/<run>-lora.zip: the lora/ folder (diffusers file, PEFT dir, model card)."""
+        path = self.existing_run(name)
+        weights = lora_file(path)
+        if weights is None:
+            raise LaunchError(f"run {name!r} has no exported LoRA yet (it is written when a run stops or ends)")
+        out = path / f"{name}-lora.zip"
+        if not out.exists() or out.stat().st_mtime < weights.stat().st_mtime:
+            tmp = out.with_name(f".{out.name}.tmp")
+            with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+                for f in sorted((path / "lora").rglob("*")):
+                    if f.is_file():
+                        zf.write(f, Path("lora") / f.relative_to(path / "lora"))
+            os.replace(tmp, out)
+        return out

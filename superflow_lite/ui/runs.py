@@ -1,0 +1,348 @@
+"""Readers of run directories for the app: what state a run is in, how far it got, what
+to plot, which samples to show, and why it failed. No torch, no gradio.
+
+Beside the trainer's files (rundir.py), a run launched from the app has three more, all
+written by its supervisor (supervise.py):
+    <run>/launch.json   supervisor and trainer pids, the command, start time, stop request
+    <run>/exit.json     the training process's exit code, once it has ended
+    <run>/console.log   the training process's stdout and stderr
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..rundir import effective_state, is_process_alive, list_sample_steps, read_metrics, read_samples, read_status
+
+LAUNCH_FILE = "launch.json"
+EXIT_FILE = "exit.json"
+CONSOLE_FILE = "console.log"
+ACTIVE_STATES = ("starting", "running", "stopping")
+FINAL_STATES = ("done", "stopped", "failed")
+RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+# A graceful stop ends with 0 (checkpointed), or by the signal itself if it came before
+# the trainer installed its handler: SIGINT -> 130 / -2, SIGTERM -> 143 / -15.
+STOP_EXIT_CODES = (0, 130, 143, -2, -15)
+OOM_PATTERNS = ("out of memory", "outofmemoryerror", "cuda error: out of memory", "cannot allocate memory")
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def is_our_process(pid: int | None) -> bool:
+    """Alive, not a zombie, and (where /proc tells) a superflow_lite process: a reused pid
+    of some other program does not keep a dead run 'running'."""
+    if not pid or not is_process_alive(int(pid)):
+        return False
+    proc = Path(f"/proc/{int(pid)}")
+    try:
+        stat = (proc / "stat").read_text()
+        if stat.rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+            return False
+        return b"superflow_lite" in (proc / "cmdline").read_bytes()
+    except (OSError, IndexError):
+        return True  # no /proc (macOS): trust the signal-0 check
+
+
+def is_run_dir(path: Path) -> bool:
+    return path.is_dir() and any((path / f).exists() for f in ("config.yaml", "status.json", LAUNCH_FILE, CONSOLE_FILE))
+
+
+def display_state(path: str | Path) -> str:
+    """starting / running / stopping / stopped / done / failed / unknown, as the user should
+    see it: a run whose process died is 'failed', never stuck as 'running'."""
+    path = Path(path)
+    status = read_status(path) or {}
+    launch = read_json(path / LAUNCH_FILE)
+    ended = read_json(path / EXIT_FILE)
+    state = status.get("state")
+    stop_requested = bool(launch and launch.get("stop_requested_at"))
+    if ended is not None:
+        if state in FINAL_STATES and status.get("pid") == ended.get("trainer_pid"):
+            return state
+        if stop_requested and ended.get("returncode") in STOP_EXIT_CODES:
+            return "stopped"  # stopped before the trainer wrote a final status
+        return "failed"
+    if launch is not None and is_our_process(launch.get("supervisor_pid")):
+        own = status.get("pid") == launch.get("trainer_pid")
+        current = state if own and state in ACTIVE_STATES + FINAL_STATES else "starting"
+        return "stopping" if stop_requested and current in ACTIVE_STATES else current
+    if state in ACTIVE_STATES and not is_our_process(status.get("pid")):
+        return "failed"  # its process is gone (or the pid now belongs to another program)
+    if state == "starting":
+        return "starting"  # loading a large model can outlast the heartbeat window
+    state = effective_state(path)  # a live process whose heartbeat stopped is failed too
+    if state == "unknown" and launch is not None:
+        return "failed"  # launched, and the supervisor is gone without a word
+    return state
+
+
+@dataclass
+class RunSummary:
+    name: str
+    path: Path
+    state: str
+    iteration: int
+    iterations: int
+    reward_mean: float | None
+    eval_reward: float | None
+    preset: str
+    updated: float
+    has_lora: bool
+
+    def row(self) -> list:
+        progress = f"{self.iteration}/{self.iterations}" if self.iterations else ""
+        return [self.name, self.state, progress, _fmt(self.reward_mean), _fmt(self.eval_reward), self.preset,
+                time.strftime("%Y-%m-%d %H:%M", time.localtime(self.updated)), "yes" if self.has_lora else ""]
+
+
+SUMMARY_COLUMNS = ["run", "state", "iteration", "reward", "eval reward", "preset", "updated", "LoRA"]
+
+
+def _fmt(value: float | None) -> str:
+    return "" if value is None or not math.isfinite(value) else f"{value:.4f}"
+
+
+def run_preset(path: Path) -> str:
+    """The preset line of config.yaml, read without parsing the whole file."""
+    try:
+        for line in (path / "config.yaml").read_text().splitlines():
+            if line.startswith("preset:"):
+                return line.split(":", 1)[1].strip().strip("'\"")
+    except OSError:
+        pass
+    return ""
+
+
+def summarize(path: Path) -> RunSummary:
+    status = read_status(path) or {}
+    rows = read_metrics(path)
+    train_rows = [r for r in rows if "reward/mean" in r]
+    eval_rows = [r for r in rows if r.get("eval/reward_mean") is not None]
+    mtimes = [p.stat().st_mtime for p in (path / "status.json", path / LAUNCH_FILE, path) if p.exists()]
+    return RunSummary(
+        name=path.name,
+        path=path,
+        state=display_state(path),
+        iteration=int(status.get("iteration") or 0),
+        iterations=int(status.get("iterations") or 0),
+        reward_mean=train_rows[-1]["reward/mean"] if train_rows else None,
+        eval_reward=eval_rows[-1]["eval/reward_mean"] if eval_rows else None,
+        preset=run_preset(path),
+        updated=max(mtimes),
+        has_lora=lora_file(path) is not None,
+    )
+
+
+def list_runs(root: str | Path) -> list[RunSummary]:
+    """Runs under `root`, most recently updated first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    runs = [summarize(p) for p in root.iterdir() if not p.name.startswith(".") and is_run_dir(p)]
+    return sorted(runs, key=lambda r: r.updated, reverse=True)
+
+
+def lora_file(path: Path) -> Path | None:
+    f = path / "lora" / "pytorch_lora_weights.safetensors"
+    return f if f.is_file() else None
+
+
+def latest_checkpoint_iteration(path: Path) -> int | None:
+    """The iteration of the newest checkpoint file (ckpt-<iteration>.pt), if any."""
+    names = [p.name for p in (path / "checkpoints").glob("ckpt-*.pt")]
+    found = [int(m.group(1)) for name in names if (m := re.match(r"ckpt-(\d+)\.pt$", name))]
+    return max(found) if found else None
+
+
+# ----------------------------------------------------------------------------- progress
+def format_duration(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "unknown"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h {minutes:02d}m" if hours else (f"{minutes}m {secs:02d}s" if minutes else f"{secs}s")
+
+
+def progress_markdown(path: Path) -> str:
+    """One line a user reads at a glance: state, iteration, rollouts, reward, ETA."""
+    status = read_status(path) or {}
+    state = display_state(path)
+    iteration, iterations = int(status.get("iteration") or 0), int(status.get("iterations") or 0)
+    parts = [f"**{path.name}**: {state}"]
+    if iterations:
+        parts.append(f"iteration {iteration}/{iterations}")
+    if status.get("rollouts_total") is not None:
+        parts.append(f"{status['rollouts_total']} rollouts")
+    if status.get("reward_mean") is not None:
+        parts.append(f"reward {status['reward_mean']:.4f}")
+    if state in ("running", "stopping") and status.get("eta_s") is not None:
+        parts.append(f"ETA {format_duration(status['eta_s'])}")
+    if state == "stopping":
+        parts.append("finishing the current iteration, then checkpointing")
+    return " · ".join(parts)
+
+
+# ----------------------------------------------------------------------------- plots
+# Plot title -> {series: metric keys (first present wins)}. A plot with several series is
+# drawn only once every series has a point: gradio 6 fixes a plot's colour domain at its
+# first render, so a series that appeared later would never be drawn.
+PLOTS = {
+    "reward (train, eval)": {"train": ["reward/mean"], "eval": ["eval/reward_mean"]},
+    "KL to the reference": {"grpo/kl": ["grpo/kl"]},
+    "clip fraction": {"grpo/clipped": ["grpo/clipped", "grpo/clipfrac"]},
+    "rollouts per iteration": {"rollouts/iter": ["rollouts/iter"]},
+    "group size (min, mean, max)": {"max": ["group/size_max"], "mean": ["group/size_mean"], "min": ["group/size_min"]},
+}
+
+
+def metric_series(rows: list[dict], title: str) -> dict[str, list]:
+    """Long-form columns {iteration, value, series} for one plot (NaNs and gaps dropped);
+    empty until every series of the plot has a value."""
+    out: dict[str, list] = {"iteration": [], "value": [], "series": []}
+    for series, keys in PLOTS[title].items():
+        for row in rows:
+            value = next((row[k] for k in keys if isinstance(row.get(k), (int, float))), None)
+            if value is None or isinstance(value, bool) or not math.isfinite(value):
+                continue
+            out["iteration"].append(int(row.get("iteration", 0)))
+            out["value"].append(float(value))
+            out["series"].append(series)
+    if set(out["series"]) != set(PLOTS[title]):
+        return {k: [] for k in out}
+    return out
+
+
+def group_size_histogram(rows: list[dict]) -> dict[str, list]:
+    """{size, prompts}: how many prompts got each group size in the latest iteration."""
+    latest = next((r["group/size_hist"] for r in reversed(rows) if isinstance(r.get("group/size_hist"), dict)), {})
+    sizes = sorted(latest, key=int)
+    return {"size": [int(s) for s in sizes], "prompts": [int(latest[s]) for s in sizes]}
+
+
+# ----------------------------------------------------------------------------- samples
+def sample_gallery(path: Path, step: int | None = None) -> tuple[list[tuple[str, str]], list[int]]:
+    """Gallery items [(file, caption)]: the step-0 baseline first, then `step` (default:
+    the latest eval step), so each image sits under its baseline. Returns (items, steps)."""
+    steps = list_sample_steps(path)
+    if not steps:
+        return [], []
+    if step is None or step not in steps:
+        step = steps[-1]
+    shown = [steps[0]] + ([step] if step != steps[0] else [])
+    items = []
+    for s in shown:
+        label = "baseline (step 0)" if s == 0 else f"step {s}"
+        for row in read_samples(path, s):
+            reward = row.get("reward")
+            reward_text = f" · reward {reward:.3f}" if isinstance(reward, (int, float)) else ""
+            items.append((row["file"], f"{label} · {row.get('prompt', '')} · seed {row.get('seed', '')}{reward_text}"))
+    return items, steps
+
+
+def eval_prompts_and_seeds(path: Path) -> tuple[list[str], list[int]]:
+    """The prompts and seeds of the run's step-0 baseline (what Compare starts from)."""
+    steps = list_sample_steps(path)
+    rows = read_samples(path, steps[0]) if steps else []
+    return [r.get("prompt", "") for r in rows], [int(r.get("seed", 0)) for r in rows]
+
+
+# ----------------------------------------------------------------------------- logs and failures
+def tail(path: Path, lines: int = 60, max_bytes: int = 256_000) -> str:
+    try:
+        with path.open("rb") as f:
+            f.seek(0, 2)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            data = f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    # tqdm redraws with carriage returns: keep each line's last state.
+    out = [line.rsplit("\r", 1)[-1] for line in data.splitlines()]
+    return "\n".join(out[-lines:])
+
+
+def log_tail(path: Path, lines: int = 60) -> str:
+    """console.log (stdout + stderr, so it holds errors raised before logging started),
+    else the trainer's train.log (a run started from the command line)."""
+    for name in (CONSOLE_FILE, "train.log"):
+        if (path / name).is_file():
+            return tail(path / name, lines)
+    return ""
+
+
+def _numbered_presets() -> list[tuple[int, str]]:
+    from ..config import available_presets
+
+    return sorted((int(m.group(1)), p) for p in available_presets() if (m := re.fullmatch(r"(\d+)gb", p)))
+
+
+def next_preset_down(preset: str) -> str | None:
+    """The GPU preset one memory tier below `preset` (24gb -> 16gb); None at the bottom."""
+    tiers = _numbered_presets()
+    m = re.fullmatch(r"(\d+)gb", preset)
+    if not m:
+        return None
+    below = [name for gib, name in tiers if gib < int(m.group(1))]
+    return below[-1] if below else None
+
+
+def describe_exit(returncode: int | None) -> str:
+    if returncode is None:
+        return "unknown (the process ended without reporting an exit code)"
+    if returncode < 0:
+        import signal
+
+        try:
+            return f"{returncode} (killed by {signal.Signals(-returncode).name})"
+        except ValueError:
+            return f"{returncode} (killed by signal {-returncode})"
+    return str(returncode)
+
+
+def failure_report(path: Path) -> dict:
+    """For a failed run: its exit code, error, log tail and one suggestion."""
+    status = read_status(path) or {}
+    ended = read_json(path / EXIT_FILE) or {}
+    rc = ended.get("returncode")
+    log = log_tail(path, 40)
+    error = status.get("error") or next((l for l in reversed(log.splitlines()) if l.startswith("error:")), "")
+    text = f"{error}\n{log}".lower()
+    preset = run_preset(path)
+    if any(p in text for p in OOM_PATTERNS) or rc == -9:
+        cause = ("ran out of memory" if any(p in text for p in OOM_PATTERNS)
+                 else "was killed (SIGKILL; often the system's out-of-memory killer)")
+        down = next_preset_down(preset)
+        if down:
+            suggestion = f"The run {cause}: launch it again with the next preset down, **{down}** (`--preset {down}`)."
+        else:
+            suggestion = (f"The run {cause} on the smallest preset: lower sampling.micro_batch, train.micro_batch "
+                          "or superflow.rollout_cap.")
+    elif rc == 2:
+        suggestion = "The command line was rejected: the error line says which value to change."
+    elif status.get("state") in ACTIVE_STATES or not status:
+        suggestion = ("The training process died without reporting (killed or crashed). "
+                      + ("Resume continues from the last checkpoint." if latest_checkpoint_iteration(path) is not None
+                         else "It had no checkpoint yet: launch it again."))
+    else:
+        suggestion = "Read the log tail for the cause; Resume continues from the last checkpoint once it is fixed."
+    return {"exit_code": describe_exit(rc), "error": error, "log_tail": log, "suggestion": suggestion}
+
+
+def failure_markdown(path: Path) -> str:
+    report = failure_report(path)
+    lines = [f"### Run failed\n- exit code: `{report['exit_code']}`"]
+    if report["error"]:
+        lines.append(f"- error: `{report['error'][:500]}`")
+    lines.append(f"\n{report['suggestion']}")
+    return "\n".join(lines)
