@@ -37,7 +37,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--plan", action="store_true", help="print the memory plan and exit")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-4")
-    return parser.parse_args(argv)
+    # Intermixed: overrides may come before and after options (the app and scripts build argv freely).
+    return parser.parse_intermixed_args(argv)
 
 
 class UsageError(Exception):

@@ -40,6 +40,11 @@ def tiny_pipe():
     """The world's pipeline (committed weights, or random ones before pretraining), float32, CPU."""
     from superflow_lite.world.model import load_world_pipeline
 
+    torch.manual_seed(0)  # as the Trainer does, so a random-weight fallback builds the same model
     pipe = load_world_pipeline(torch_dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
+    for name in ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3"):
+        module = getattr(pipe, name, None)
+        if module is not None:
+            module.eval()  # a pipeline built from configs (no weights yet) starts in train mode: dropout
     return pipe
