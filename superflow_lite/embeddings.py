@@ -24,6 +24,10 @@ class PromptEmbeds:
     def index(self, rows: torch.Tensor | list[int]) -> "PromptEmbeds":
         return PromptEmbeds(self.embeds[rows], self.pooled[rows])
 
+    def repeat(self, n: int) -> "PromptEmbeds":
+        """A single prompt's embeddings as a batch of n (a view: no copy)."""
+        return PromptEmbeds(self.embeds.expand(n, -1, -1), self.pooled.expand(n, -1))
+
 
 class PromptEncoder:
     """Encode prompts with the pipeline's text encoders, caching results by prompt."""

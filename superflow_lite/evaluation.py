@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .embeddings import PromptEmbeds, PromptEncoder
+from .embeddings import PromptEncoder
 from .rewards.base import Reward
 from .rollout import decode_images, initial_noise, make_schedule, sample_trajectories
 
@@ -28,7 +28,7 @@ def generate(pipe, transformer, encoder: PromptEncoder, prompts: list[str], seed
         chunk_prompts, chunk_seeds = prompts[start:start + micro_batch], seeds[start:start + micro_batch]
         noise = torch.cat([initial_noise(1, channels, size, torch.Generator().manual_seed(s), device) for s in chunk_seeds])
         cond = encoder.encode(chunk_prompts).to(device, torch.float32)
-        unc = PromptEmbeds(uncond.embeds.expand(len(chunk_prompts), -1, -1), uncond.pooled.expand(len(chunk_prompts), -1))
+        unc = uncond.repeat(len(chunk_prompts))
         traj = sample_trajectories(transformer, noise, schedule, cond, unc.to(device, torch.float32), guidance_scale)
         images += decode_images(pipe, traj.latents[:, -1], vae_decode)
     return images

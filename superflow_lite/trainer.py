@@ -209,7 +209,7 @@ class Trainer:
             piece = slice(start, min(start + micro_batch, chunk.stop))
             groups = groups_of_rows[piece]
             cond = embeds.index(list(groups)).to(self.device, torch.float32)
-            unc = PromptEmbeds(uncond.embeds.expand(len(groups), -1, -1), uncond.pooled.expand(len(groups), -1))
+            unc = uncond.repeat(len(groups))
             traj = sample_trajectories(
                 self.transformer, noise[piece].to(self.device), schedule, cond,
                 unc.to(self.device, torch.float32), self.cfg.sampling.guidance_scale, sde_gen,
@@ -287,7 +287,7 @@ class Trainer:
                 "logp_old": rollouts.logp_old[idx].to(self.device),
                 "adv": adv[idx].to(self.device),
                 "cond": embeds.index(rollouts.group[idx].tolist()).to(self.device, torch.float32),
-                "uncond": PromptEmbeds(uncond.embeds.expand(len(idx), -1, -1), uncond.pooled.expand(len(idx), -1)).to(self.device, torch.float32),
+                "uncond": uncond.repeat(len(idx)).to(self.device, torch.float32),
             }
             for pos, step in enumerate(steps):
                 last = m_idx == len(micro) - 1 and pos == len(steps) - 1

@@ -9,7 +9,7 @@ import torch
 
 from superflow_lite.embeddings import PromptEncoder
 from superflow_lite.rollout import make_schedule, sample_trajectories
-from superflow_lite.sde import gaussian_logp, ode_step, sde_sigma_t, sde_step, sde_step_mean_std
+from superflow_lite.sde import ode_step, sde_sigma_t, sde_step, sde_step_mean_std
 
 
 def test_logp_equals_float64_gaussian_density():

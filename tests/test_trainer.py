@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from superflow_lite.config import build_config
-from superflow_lite.embeddings import PromptEmbeds
+
 from superflow_lite.rewards.async_scorer import AsyncRewardScorer
 from superflow_lite.rollout import make_schedule
 from superflow_lite.rundir import RunDir
@@ -36,7 +36,7 @@ def training_batch(trainer: Trainer, plan, rollouts, adv: torch.Tensor) -> dict:
     return {
         "latents": rollouts.latents[idx], "logp_old": rollouts.logp_old[idx], "adv": adv,
         "cond": embeds.index(rollouts.group[idx].tolist()),
-        "uncond": PromptEmbeds(uncond.embeds.expand(len(idx), -1, -1), uncond.pooled.expand(len(idx), -1)),
+        "uncond": uncond.repeat(len(idx)),
     }
 
 
