@@ -1,0 +1,91 @@
+"""The world's prompts: GenEval-like categories, difficulty tags and a fixed train/test split.
+
+Categories (GenEval names in brackets):
+  single   [single_object + colors]  "a photo of a red circle"                       easy
+  counting [counting]                "a photo of three blue squares"                 hard
+  binding  [two_object + color_attr] "a photo of a red circle and a blue square"     hard
+  position [position]                "a photo of a red circle to the left of a ..."  hard
+
+The test set is fixed and balanced (so one category does not drown the others in its mean);
+compositional test prompts are held out of training, which makes them a test of
+generalisation. The 12 single-object prompts are in both sets: there are too few to hold
+any out, and they are the easy anchor RL should keep while it improves the hard ones.
+"""
+from __future__ import annotations
+
+import functools
+import itertools
+import random
+
+from .parser import parse_caption
+from .shapes import COLOURS, RELATION_PHRASES, SHAPES, ObjectSpec, SceneSpec, caption
+
+CATEGORIES: tuple[str, ...] = ("single", "counting", "binding", "position")
+DIFFICULTY: dict[str, str] = {"single": "easy", "counting": "hard", "binding": "hard", "position": "hard"}
+# Held-out test prompts per compositional category (of 36 / 132 / 528 in all).
+TEST_SIZES: dict[str, int] = {"counting": 12, "binding": 24, "position": 24}
+SPLIT_SEED = 20240521  # changing it changes the test set: do not, results would not compare
+
+
+def _kinds() -> list[tuple[str, str]]:
+    return [(c, s) for c in COLOURS for s in SHAPES]
+
+
+def specs_by_category() -> dict[str, list[SceneSpec]]:
+    """Every world scene spec, grouped by category, in a fixed order."""
+    kinds = _kinds()
+    pairs = [(a, b) for a, b in itertools.permutations(kinds, 2)]
+    return {
+        "single": [SceneSpec((ObjectSpec(s, c),)) for c, s in kinds],
+        "counting": [SceneSpec((ObjectSpec(s, c, n),)) for c, s in kinds for n in (2, 3, 4)],
+        "binding": [SceneSpec((ObjectSpec(sa, ca), ObjectSpec(sb, cb))) for (ca, sa), (cb, sb) in pairs],
+        "position": [
+            SceneSpec((ObjectSpec(sa, ca), ObjectSpec(sb, cb)), relation=rel)
+            for rel in RELATION_PHRASES
+            for (ca, sa), (cb, sb) in pairs
+        ],
+    }
+
+
+@functools.cache
+def _split() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    rng = random.Random(SPLIT_SEED)
+    train: list[str] = []
+    test: list[str] = []
+    for category, specs in specs_by_category().items():
+        prompts = [caption(s) for s in specs]
+        if category == "single":
+            train += prompts
+            test += prompts
+            continue
+        held_out = set(rng.sample(prompts, TEST_SIZES[category]))
+        train += [p for p in prompts if p not in held_out]
+        test += [p for p in prompts if p in held_out]
+    return tuple(train), tuple(test)
+
+
+def train_prompts() -> list[str]:
+    """Prompts for pretraining and RL (648)."""
+    return list(_split()[0])
+
+
+def test_prompts() -> list[str]:
+    """Fixed evaluation prompts (72: 12 single, 12 counting, 24 binding, 24 position)."""
+    return list(_split()[1])
+
+
+def spec_category(spec: SceneSpec) -> str:
+    if spec.relation is not None:
+        return "position"
+    if len(spec.objects) > 1:
+        return "binding"
+    return "counting" if spec.objects[0].count > 1 else "single"
+
+
+def prompt_category(prompt: str) -> str:
+    return spec_category(parse_caption(prompt))
+
+
+def prompt_difficulty(prompt: str) -> str:
+    """"easy" (one object) or "hard" (counts, two-object colour binding, positions)."""
+    return DIFFICULTY[prompt_category(prompt)]
