@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusion3Pipeline
@@ -41,10 +42,10 @@ def test_exported_lora_reloads_in_a_fresh_pipeline_with_its_scale(tmp_path, fast
     encoder = PromptEncoder(fresh, torch.device("cpu"), cfg.sampling.max_sequence_length)
     reloaded = generate(fresh, fresh.transformer, encoder, prompts, seeds, **kwargs)
     for a, b in zip(trained, reloaded):
-        assert torch.equal(torch.tensor(list(a.getdata())), torch.tensor(list(b.getdata())))
+        assert np.array_equal(np.asarray(a), np.asarray(b))
     fresh.unload_lora_weights()
     base = generate(fresh, fresh.transformer, encoder, prompts, seeds, **kwargs)
-    assert any(list(a.getdata()) != list(b.getdata()) for a, b in zip(trained, base))
+    assert any(not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(trained, base))
     # And the PEFT directory carries the same config.
     adapter_config = json.loads((run.lora_dir / "peft" / "adapter_config.json").read_text())
     assert adapter_config["r"] == 4 and adapter_config["lora_alpha"] == 16
@@ -69,7 +70,10 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, fast_overrides):
     assert [r["iteration"] for r in rows_split] == [0, 1, 2, 3, 4]
     for a, b in zip(rows_full, rows_split):
         for k in keys:
-            assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-8), (k, a, b)
+            if a[k] is None:  # e.g. no eval on this iteration
+                assert b[k] is None, (k, a, b)
+            else:
+                assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-8), (k, a, b)
     lora_full, lora_split = _lora(full), _lora(split)
     assert lora_full.keys() == lora_split.keys()
     for k in lora_full:

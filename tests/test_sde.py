@@ -40,7 +40,8 @@ def test_zero_noise_is_the_euler_ode_step():
 
 def test_noise_level_zero_reproduces_the_diffusers_pipeline(tiny_pipe):
     prompts = ["a photo of a red circle", "a blue square to the left of a green triangle"]
-    noise = torch.randn(2, 16, 16, 16, generator=torch.Generator().manual_seed(3))
+    side = 64 // tiny_pipe.vae_scale_factor
+    noise = torch.randn(2, 16, side, side, generator=torch.Generator().manual_seed(3))
     expected = tiny_pipe(
         prompt=prompts, latents=noise.clone(), num_inference_steps=6, guidance_scale=4.5,
         height=64, width=64, output_type="latent", max_sequence_length=16,
