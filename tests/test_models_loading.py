@@ -69,7 +69,8 @@ def test_quantized_transformer_gets_lora_on_top(tiny_dir, cpu_quantization, quan
     assert params and all(p.dtype == torch.float32 for p in params)
     assert tr.is_gradient_checkpointing
 
-    x = torch.randn(2, 16, 16, 16, dtype=torch.bfloat16)
+    side = tr.config.sample_size  # the latent side the tiny model was built for
+    x = torch.randn(2, 16, side, side, dtype=torch.bfloat16)
     out = tr(hidden_states=x, timestep=torch.full((2,), 500.0), encoder_hidden_states=torch.randn(2, 40, 64, dtype=torch.bfloat16),
              pooled_projections=torch.randn(2, 64, dtype=torch.bfloat16), return_dict=False)[0]
     out.float().pow(2).mean().backward()
