@@ -111,6 +111,7 @@ def main() -> int:
                         help="test reward to reach; default: halfway from the base reward to the best final reward")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/sample_efficiency"))
     parser.add_argument("--fresh", action="store_true", help="delete earlier runs instead of reusing them")
+    parser.add_argument("--summary-only", action="store_true", help="train nothing: summarise the finished runs")
     args = parser.parse_args()
     curves: dict[str, list] = {}
     for method in args.methods:
@@ -119,6 +120,8 @@ def main() -> int:
             if args.fresh and run_dir.exists():
                 shutil.rmtree(run_dir)
             done = (run_dir / "status.json").is_file() and json.loads((run_dir / "status.json").read_text()).get("state") == "done"
+            if args.summary_only and not done:
+                continue
             if not done:
                 if run_dir.exists():
                     shutil.rmtree(run_dir)
