@@ -110,6 +110,8 @@ def main() -> int:
     parser.add_argument("--target", type=float, default=None,
                         help="test reward to reach; default: halfway from the base reward to the best final reward")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/sample_efficiency"))
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="extra config overrides for every method, e.g. train.lr=1e-3")
     parser.add_argument("--fresh", action="store_true", help="delete earlier runs instead of reusing them")
     parser.add_argument("--summary-only", action="store_true", help="train nothing: summarise the finished runs")
     args = parser.parse_args()
@@ -127,7 +129,8 @@ def main() -> int:
                     shutil.rmtree(run_dir)
                 code = train_main(["--preset", "tiny", "--no-progress", "--output", str(run_dir), *COMMON,
                                    *METHODS[method], f"train.seed={seed}", f"train.iterations={args.iterations}",
-                                   f"output.eval_every={args.eval_every}", f"output.checkpoint_every={args.iterations}"])
+                                   f"output.eval_every={args.eval_every}", f"output.checkpoint_every={args.iterations}",
+                                   *args.set])
                 if code != 0:
                     print(f"{method} seed {seed} failed with exit code {code}", file=sys.stderr)
                     return code

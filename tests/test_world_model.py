@@ -46,7 +46,7 @@ def test_random_pipeline_is_complete_and_sd3_shaped():
                  "tokenizer", "tokenizer_2", "tokenizer_3", "scheduler"):
         assert getattr(pipe, name) is not None, name
     assert pipe.vae.config.latent_channels == 16
-    assert pipe.transformer.config.patch_size == 2
+    assert pipe.transformer.config.patch_size == 1
     pooled = pipe.text_encoder.config.projection_dim + pipe.text_encoder_2.config.projection_dim
     assert pooled == pipe.transformer.config.pooled_projection_dim
     assert pipe.scheduler.config.shift == 3.0

@@ -6,9 +6,11 @@ trains it in minutes and a 40-step sample takes well under a second.
 
 Shapes at WORLD_RESOLUTION = 64:
   image [B, 3, 64, 64] -> VAE (3 downsamplings, 8x as SD3) -> latents [B, 16, 8, 8]
-  -> patch_size 2 -> 16 image tokens of width 128, joined with 16 CLIP + T5 text tokens.
-The VAE does the drawing (each latent cell is an 8x8 pixel patch); the transformer only
-decides what goes where, which is what text-image binding and RL are about.
+  -> patch_size 1 -> 64 image tokens of width 128, joined with 16 CLIP + T5 text tokens.
+The VAE does the drawing (each latent cell is an 8x8 pixel patch); the transformer
+decides what goes where, which is what text-image binding and RL are about. Patch size 1
+(SD3 uses 2 on its 128x128 latents): at 2, one token covered a whole 16x16-pixel shape and
+the base model drew rounded blobs that were neither circles nor squares.
 """
 from __future__ import annotations
 
@@ -61,7 +63,7 @@ def _clip_config(vocab_size: int, bos_id: int, eos_id: int) -> CLIPTextConfig:
 def build_transformer() -> SD3Transformer2DModel:
     return SD3Transformer2DModel(
         sample_size=WORLD_RESOLUTION // VAE_FACTOR,  # latent side: the pipeline defaults to 64 px
-        patch_size=2,
+        patch_size=1,
         in_channels=LATENT_CHANNELS,
         out_channels=LATENT_CHANNELS,
         num_layers=DIT_LAYERS,
@@ -70,7 +72,7 @@ def build_transformer() -> SD3Transformer2DModel:
         joint_attention_dim=T5_WIDTH,
         caption_projection_dim=DIT_HEADS * DIT_HEAD_DIM,
         pooled_projection_dim=2 * CLIP_PROJECTION,
-        pos_embed_max_size=WORLD_RESOLUTION // VAE_FACTOR // 2,  # 4x4 patch grid
+        pos_embed_max_size=WORLD_RESOLUTION // VAE_FACTOR,  # 8x8 patch grid
     )
 
 
@@ -112,6 +114,7 @@ def build_text_encoders() -> tuple[CLIPTextModelWithProjection, CLIPTextModelWit
             pad_token_id=t5_tokenizer.pad_token_id,
             eos_token_id=t5_tokenizer.eos_token_id,
             decoder_start_token_id=t5_tokenizer.pad_token_id,
+            dropout_rate=0.0,  # trained in pretraining: no dropout keeps train and eval identical
         )
     )
     return clip_1, clip_2, t5

@@ -5,11 +5,12 @@
 setup -> VAE (autoencoder on renders) -> latent statistics -> encode a scene dataset ->
 transformer (rectified flow, caption dropout for CFG) -> save pipeline -> evaluate.
 
-Text encoders stay frozen at their random init. Why: the world's vocabulary is ~40 words,
-and a random CLIP/T5 still maps each caption to distinct per-token features (the causal
-CLIP even carries "red" into the "circle" token that follows it); the transformer learns
-to read them. Freezing keeps the text side fixed across pretraining and RL, costs no
-compute, and leaves binding to the transformer, which is what RL should improve.
+The text encoders (random init) train together with the transformer, at its learning
+rate. Why: frozen at random init they gave near-identical features to captions that
+differ in one word (pooled cosine 0.99 between "a photo of a red circle" and "... green
+circle"); after 4000 steps the transformer drew green and blue objects but nothing for
+red and yellow (single-object strict accuracy 0.375). They are tiny (~40k parameters
+each) and cheap to train; RL afterwards trains LoRA on the transformer only.
 
 The base model is imperfect on purpose: training stops while the hard prompts (counts,
 binding, positions) are still mostly wrong, so RL has room (default steps measured below).
@@ -66,7 +67,7 @@ class PretrainArgs:
     warmup_steps: int = 50
     short_t5_len: int = 16
     """T5 tokens for most transformer steps: every world caption fits (<= 14 with </s>),
-    and 16 CLIP + 16 T5 + 16 image tokens cost ~9x less per step than 16 + 256 + 16."""
+    and a sample is then 16 CLIP + 16 T5 + 64 image tokens instead of 16 + 256 + 64."""
     full_t5_frac: float = 0.1
     """Fraction of steps, drawn at random, at the pipeline's default max_sequence_length
     (256): the model learns to ignore the 240 extra T5 padding tokens, so a plain
@@ -77,6 +78,10 @@ class PretrainArgs:
     init_vae: Path | None = None
     """Take the VAE from this pipeline dir and skip VAE training: for re-running only
     the transformer stage."""
+    timestep_shift: float = 3.0
+    """= the scheduler's shift (SD3 trains and samples with the same shift). Without it
+    (logit-normal alone: sigma > 0.9 in 1.4% of samples) the model never learnt where to
+    put a single object, and sampling left most single-object images blank."""
     caption_dropout: float = 0.1
     """Fraction of samples trained on the empty prompt, so CFG has an unconditional model."""
     eval_seeds: tuple[int, ...] = (0, 1)
@@ -195,51 +200,55 @@ def load_vae(pipe: StableDiffusion3Pipeline, pipeline_dir: Path) -> None:
     pipe.vae.eval()
 
 
-@torch.no_grad()
-def encode_texts(
+def text_features(
     pipe: StableDiffusion3Pipeline, prompts: list[str], t5_len: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Frozen text features as the pipeline computes them when sampling with
-    max_sequence_length=t5_len: [N, 24 + t5_len, 64] tokens and [N, 64] pooled."""
+    """The pipeline's own prompt encoding (with gradients): [B, 16 + t5_len, 64] tokens
+    (two CLIPs' penultimate layers side by side, then T5) and [B, 64] pooled CLIP."""
     embeds, _, pooled, _ = pipe.encode_prompt(
         prompts, None, None, do_classifier_free_guidance=False, max_sequence_length=t5_len
     )
     return embeds, pooled
 
 
+def shift_sigma(t: torch.Tensor, shift: float) -> torch.Tensor:
+    """SD3's resolution shift, sigma' = s t / (1 + (s - 1) t): the same map the scheduler
+    (shift=3) applies at sampling time, so training sees noise levels where sampling
+    spends its steps (20 of 40 steps have sigma > 0.75)."""
+    return shift * t / (1 + (shift - 1) * t)
+
+
 def train_transformer(
     pipe: StableDiffusion3Pipeline, latents: torch.Tensor, scene_prompts: list[str],
     args: PretrainArgs, deadline: float,
 ) -> None:
-    """Rectified flow (SD3 eq. 1-3): x_t = (1 - t) x0 + t eps, target v = eps - x0,
-    t ~ logit-normal(0, 1), the SD3 paper's best timestep density."""
-    unique = sorted(set(scene_prompts)) + [""]  # "" = the unconditional (CFG) prompt
-    index = {p: i for i, p in enumerate(unique)}
-    short_text, pooled = encode_texts(pipe, unique, args.short_t5_len)
-    full_text, _ = encode_texts(pipe, unique, FULL_T5_LEN)  # pooled is CLIP-only: same
-    prompt_ids = torch.tensor([index[p] for p in scene_prompts])
-    empty_id = index[""]
+    """Rectified flow (SD3 paper, eq. 1-3): x_t = (1 - t) x0 + t eps, target v = eps - x0,
+    t ~ logit-normal(0, 1) then shifted as the sampler shifts it. The text encoders train
+    with the transformer (see the module docstring)."""
+    modules = (pipe.transformer, pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3)
+    params = [p for m in modules for p in m.parameters()]
     model, gen = pipe.transformer, torch.Generator().manual_seed(args.seed + 2)
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=args.dit_lr, weight_decay=0.01)
+    model.train()  # the text encoders stay in eval mode: they have no dropout to switch
+    opt = torch.optim.AdamW(params, lr=args.dit_lr, weight_decay=0.01)
     for step in range(args.dit_steps):
         for group in opt.param_groups:
             group["lr"] = cosine_lr(step, args.dit_steps, args.warmup_steps, args.dit_lr)
         full = torch.rand((), generator=gen).item() < args.full_t5_frac
-        text, size = (full_text, args.full_t5_batch) if full else (short_text, args.dit_batch)
+        t5_len, size = (FULL_T5_LEN, args.full_t5_batch) if full else (args.short_t5_len, args.dit_batch)
         batch = torch.randint(len(latents), (size,), generator=gen)
+        dropped = (torch.rand(size, generator=gen) < args.caption_dropout).tolist()
+        prompts = ["" if d else scene_prompts[i] for d, i in zip(dropped, batch.tolist())]
+        text, pooled = text_features(pipe, prompts, t5_len)
         x0 = latents[batch]
-        ids = prompt_ids[batch].clone()
-        ids[torch.rand(size, generator=gen) < args.caption_dropout] = empty_id
         eps = torch.randn(x0.shape, generator=gen)
-        t = torch.sigmoid(torch.randn(size, generator=gen))
+        t = shift_sigma(torch.sigmoid(torch.randn(size, generator=gen)), args.timestep_shift)
         x_t = (1 - t[:, None, None, None]) * x0 + t[:, None, None, None] * eps
-        v = model(hidden_states=x_t, encoder_hidden_states=text[ids], pooled_projections=pooled[ids],
+        v = model(hidden_states=x_t, encoder_hidden_states=text, pooled_projections=pooled,
                   timestep=t * 1000).sample  # the scheduler's timesteps are sigma * 1000
         loss = F.mse_loss(v, eps - x0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         if step % 50 == 0 or step == args.dit_steps - 1:
             print(f"dit step {step:4d}  loss {loss.item():.4f}", flush=True)
