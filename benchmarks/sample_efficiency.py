@@ -37,7 +37,7 @@ METHODS: dict[str, list[str]] = {
 COMMON = [
     "superflow.prompts_per_iter=8", "superflow.group_size=4", "superflow.rollout_cap=32",
     "superflow.m_max=6", "superflow.m_min=2", "superflow.num_bins=3",
-    "sampling.eval_num_steps=20", "prompts.num_eval_prompts=24",
+    "sampling.eval_num_steps=20", "prompts.num_eval_prompts=72",  # the whole test split
 ]
 
 
