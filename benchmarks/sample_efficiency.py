@@ -74,6 +74,8 @@ def summarise(curves: dict[str, list[dict[str, np.ndarray]]], target: float) -> 
             "rollouts_to_target": to_target, "seconds_to_target": secs,
             "reward_at_equal_rollouts": at_budget, "strict_at_equal_rollouts": strict_at_budget,
             "final_reward": [float(c["reward"][-1]) for c in runs],
+            # Mean of the evals after step 0: less sensitive to one noisy eval than the last point.
+            "mean_reward_after_start": [float(c["reward"][1:].mean()) for c in runs],
             "base_reward": [float(c["reward"][0]) for c in runs],
         }
     return out
@@ -92,12 +94,13 @@ def table(summary: dict) -> str:
     lines = [
         f"target test reward {summary['target_reward']:.3f}; equal-rollout budget {summary['equal_rollouts']:.0f}",
         "",
-        "| method | rollouts to target | seconds to target | test reward at equal rollouts | strict acc. at equal rollouts | final test reward |",
-        "|---|---|---|---|---|---|",
+        "| method | seeds | rollouts to target | seconds to target | test reward at equal rollouts | strict acc. at equal rollouts | mean test reward over the run |",
+        "|---|---|---|---|---|---|---|",
     ]
     for method, m in summary["methods"].items():
-        lines.append(f"| {method} | {fmt(m['rollouts_to_target'], 0)} | {fmt(m['seconds_to_target'], 0)} | "
-                     f"{fmt(m['reward_at_equal_rollouts'])} | {fmt(m['strict_at_equal_rollouts'])} | {fmt(m['final_reward'])} |")
+        lines.append(f"| {method} | {len(m['final_reward'])} | {fmt(m['rollouts_to_target'], 0)} | "
+                     f"{fmt(m['seconds_to_target'], 0)} | {fmt(m['reward_at_equal_rollouts'])} | "
+                     f"{fmt(m['strict_at_equal_rollouts'])} | {fmt(m['mean_reward_after_start'])} |")
     return "\n".join(lines)
 
 
@@ -135,6 +138,10 @@ def main() -> int:
                     print(f"{method} seed {seed} failed with exit code {code}", file=sys.stderr)
                     return code
             curves.setdefault(method, []).append(curve(run_dir))
+    if not curves:
+        print(f"no finished runs under {args.out / 'runs'}: run the benchmark without --summary-only first",
+              file=sys.stderr)
+        return 2
     base = float(np.mean([c["reward"][0] for runs in curves.values() for c in runs]))
     best = max(float(np.mean([c["reward"][-1] for c in runs])) for runs in curves.values())
     target = args.target if args.target is not None else base + 0.5 * (best - base)

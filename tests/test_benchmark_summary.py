@@ -53,4 +53,5 @@ def test_first_reach_and_equal_rollout_interpolation(bench, tmp_path):
     assert summary["equal_rollouts"] == 64  # the smallest budget every run reached
     assert summary["methods"]["fast"]["reward_at_equal_rollouts"] == [pytest.approx(0.7)]
     assert summary["methods"]["slow"]["reward_at_equal_rollouts"] == [pytest.approx(0.65)]
+    assert summary["methods"]["slow"]["mean_reward_after_start"] == [pytest.approx(0.6)]
     assert "1/2 reached" in bench.fmt([64.0, float("nan")], 0)
