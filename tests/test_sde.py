@@ -51,7 +51,9 @@ def test_noise_level_zero_reproduces_the_diffusers_pipeline(tiny_pipe):
     uncond = encoder.encode(["", ""])
     schedule = make_schedule(tiny_pipe.scheduler, 6, noise_level=0.0)
     traj = sample_trajectories(tiny_pipe.transformer, noise, schedule, cond, uncond, 4.5)
-    torch.testing.assert_close(traj.latents[:, -1], expected, rtol=1e-5, atol=1e-5)
+    # float32 reordering noise through 6 CFG steps is ~5e-5; a wrong sigma or guidance
+    # formula moves latents by ~1e-2 or more.
+    torch.testing.assert_close(traj.latents[:, -1], expected, rtol=1e-4, atol=2e-4)
     assert torch.all(traj.logp == 0)
 
 
