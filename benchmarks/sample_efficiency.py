@@ -3,9 +3,13 @@
 Every method trains the same base model with the same evaluation (ODE, the test prompts,
 fixed seeds) for several seeds. Reported per method, over seeds (mean +- std):
   - rollouts and wall-clock seconds until the test reward first reaches a target;
-  - the test reward at equal rollouts (interpolated at the budget every run reached).
+  - the test reward at equal rollouts (interpolated at the budget every run reached);
+  - the mean test reward over each run's evaluations after step 0.
 
-    python benchmarks/sample_efficiency.py --seeds 0 1 2 --iterations 24 --out benchmarks/results/sample_efficiency
+    python benchmarks/sample_efficiency.py --seeds 0 1 2 --iterations 32 --eval-every 4
+
+Finished runs are reused, so methods and seeds can run in separate processes (with
+OMP_NUM_THREADS=1 on a 2-core machine) and be summarised together with --summary-only.
 
 Writes <out>/runs/<method>-s<seed>/ (ordinary run directories), <out>/summary.json and
 prints a Markdown table for benchmarks/RESULTS.md.
@@ -108,7 +112,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    parser.add_argument("--iterations", type=int, default=24)
+    parser.add_argument("--iterations", type=int, default=32)
     parser.add_argument("--eval-every", type=int, default=4)
     parser.add_argument("--target", type=float, default=None,
                         help="test reward to reach; default: halfway from the base reward to the best final reward")
