@@ -133,6 +133,23 @@ def reconstruction_loss(recon: torch.Tensor, x: torch.Tensor, foreground_weight:
     return (weight * (err.abs() + err.square())).mean()
 
 
+def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, clip_params: list | None = None) -> None:
+    """One AdamW step on `loss`; gradients of `clip_params` clipped to norm 1 first."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip_params is not None:
+        torch.nn.utils.clip_grad_norm_(clip_params, 1.0)
+    opt.step()
+
+
+def out_of_time(phase: str, step: int, deadline: float) -> bool:
+    """True (and says so) once the phase's share of the wall-clock budget is spent."""
+    if time.monotonic() <= deadline:
+        return False
+    print(f"{phase}: time budget spent at step {step}", flush=True)
+    return True
+
+
 def train_vae(pipe: StableDiffusion3Pipeline, prompts: list[str], args: PretrainArgs, deadline: float) -> None:
     """Autoencoder on renders: L1 reconstruction + a tiny KL, posterior sampled."""
     vae, rng = pipe.vae, random.Random(args.seed)
@@ -147,13 +164,10 @@ def train_vae(pipe: StableDiffusion3Pipeline, prompts: list[str], args: Pretrain
         l1 = (recon - x).abs().mean()
         kl = posterior.kl().mean() / x[0].numel()  # per pixel, as the L1
         loss = reconstruction_loss(recon, x, args.foreground_weight) + args.kl_weight * kl
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        optimizer_step(opt, loss)
         if step % 50 == 0 or step == args.vae_steps - 1:
             print(f"vae step {step:4d}  l1 {l1.item():.4f}  kl {kl.item():.2f}", flush=True)
-        if time.monotonic() > deadline:
-            print(f"vae: time budget spent at step {step}", flush=True)
+        if out_of_time("vae", step, deadline):
             break
     vae.eval()
 
@@ -250,14 +264,10 @@ def train_transformer(
         v = model(hidden_states=x_t, encoder_hidden_states=text, pooled_projections=pooled,
                   timestep=t * 1000).sample  # the scheduler's timesteps are sigma * 1000
         loss = F.mse_loss(v, eps - x0)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        optimizer_step(opt, loss, clip_params=params)
         if step % 50 == 0 or step == args.dit_steps - 1:
             print(f"dit step {step:4d}  loss {loss.item():.4f}", flush=True)
-        if time.monotonic() > deadline:
-            print(f"dit: time budget spent at step {step}", flush=True)
+        if out_of_time("dit", step, deadline):
             break
     model.eval()
 
