@@ -1,18 +1,26 @@
 """Sample efficiency of SuperFlow vs Flow-GRPO (and ablations) on the built-in shapes world.
 
-Every method trains the same base model with the same evaluation (ODE, the test prompts,
-fixed seeds) for several seeds. Reported per method, over seeds (mean +- std):
-  - rollouts and wall-clock seconds until the test reward first reaches a target;
-  - the test reward at equal rollouts (interpolated at the budget every run reached);
-  - the mean test reward over each run's evaluations after step 0.
+Every method trains the same base model at the tuned baseline's settings (`TUNED`, chosen
+on the validation split by benchmarks/tune_flow_grpo.py) with the same budget, for several
+training seeds, and is evaluated on the same test items (72 prompts x 4 seeds, the same
+initial noise for every method and step; ODE 20 steps). Methods are paired by training
+seed and by item. Reported against the reference method (flow_grpo), each with a 95%
+bootstrap interval (runs and items resampled):
+  - the gain over the base model (strict accuracy and reward) at the end;
+  - rollouts and seconds to reach the reference's final mean test reward, as ratios;
+  - the test reward and strict accuracy at equal rollouts (the budget every run reached);
+  - the area under the reward curve over rollouts (the mean reward over the run).
 
-    python benchmarks/sample_efficiency.py --seeds 0 1 2 --iterations 32 --eval-every 4
+    OMP_NUM_THREADS=1 python benchmarks/sample_efficiency.py --methods flow_grpo --seeds 0 1 2 3 4
+    python benchmarks/sample_efficiency.py --summary-only --methods flow_grpo superflow --seeds 0 1 2 3 4
 
-Finished runs are reused, so methods and seeds can run in separate processes (with
-OMP_NUM_THREADS=1 on a 2-core machine) and be summarised together with --summary-only.
+Finished runs are reused, so methods and seeds can run in separate processes (two at a
+time on a 2-core machine, one thread each) and be summarised together. Seconds are the
+training iterations' own wall time (evaluation and loading excluded); compare them only
+between runs that ran side by side.
 
-Writes <out>/runs/<method>-s<seed>/ (ordinary run directories), <out>/summary.json and
-prints a Markdown table for benchmarks/RESULTS.md.
+Writes <out>/runs/<method>-s<seed>/ (ordinary run directories), <out>/summary.json, the
+curves to <out>/curves.png and prints a Markdown table for benchmarks/RESULTS.md.
 """
 from __future__ import annotations
 
@@ -27,6 +35,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from superflow_lite.rundir import read_metrics  # noqa: E402
+from superflow_lite.stats import Interval, aligned, bootstrap_ratio, paired_bootstrap, read_eval_items  # noqa: E402
 from superflow_lite.train import main as train_main  # noqa: E402
 
 METHODS: dict[str, list[str]] = {
@@ -36,56 +45,145 @@ METHODS: dict[str, list[str]] = {
     "superflow-no-step-weights": ["algorithm=superflow", "superflow.step_weights=none"],
     "superflow-group-mean-baseline": ["algorithm=superflow", "superflow.baseline=group_mean"],
 }
+REFERENCE = "flow_grpo"
 
 # One budget for all methods: 32 rollouts per iteration at most. flow_grpo: 8 prompts x 4.
-COMMON = [
+BUDGET = [
     "superflow.prompts_per_iter=8", "superflow.group_size=4", "superflow.rollout_cap=32",
     "superflow.m_max=6", "superflow.m_min=2", "superflow.num_bins=3",
-    "sampling.eval_num_steps=20", "prompts.num_eval_prompts=72",  # the whole test split
 ]
+# The paired test evaluation: every test prompt, 4 seeds each (288 items).
+EVALUATION = ["prompts.eval_split=test", "prompts.num_eval_prompts=72", "prompts.eval_seeds=[0,1,2,3]",
+              "sampling.eval_num_steps=20"]
+# The tuned baseline's learning settings (benchmarks/RESULTS.md, "Tuning Flow-GRPO"), used by every method.
+TUNED = ["train.lr=1e-3", "train.clip_range=1e-3", "train.kl_beta=0", "sampling.noise_level=0.7"]
 
 
-def curve(run_dir: Path) -> dict[str, np.ndarray]:
-    """(rollouts, seconds, test reward, test strict accuracy) at each eval point, step 0 included."""
+def eval_dirs(run_dir: Path) -> dict[int, Path]:
+    """{iteration: samples dir} of every finished evaluation of a run."""
+    samples = run_dir / "samples"
+    return {int(p.name): p for p in sorted(samples.iterdir()) if (p / "index.json").is_file()} if samples.is_dir() else {}
+
+
+def curve(run_dir: Path) -> dict:
+    """Eval points with cumulative rollouts and training seconds, and the per-item scores.
+
+    Returns rollouts, seconds, reward, strict: [E] means; items: the (prompt, seed) keys;
+    reward_items, strict_items: [E, items] (empty when the run kept no per-item index).
+    """
     rows = read_metrics(run_dir)
-    rollouts, seconds, reward, strict = [], [], [], []
-    spent_s = 0.0
+    points: dict[int, tuple[float, float, float, float]] = {}
+    rollouts, spent_s = 0.0, 0.0
     for row in rows:
         spent_s += row.get("perf/iter_s", 0.0) or 0.0
+        rollouts = row.get("rollouts/total", rollouts) or rollouts
         if "eval/reward_mean" in row:
-            rollouts.append(row.get("rollouts/total", 0))
-            seconds.append(spent_s)
-            reward.append(row["eval/reward_mean"])
-            strict.append(row.get("eval/strict_mean", float("nan")))
-    return {k: np.asarray(v, dtype=float) for k, v in
-            {"rollouts": rollouts, "seconds": seconds, "reward": reward, "strict": strict}.items()}
-
-
-def first_reach(c: dict[str, np.ndarray], target: float, key: str) -> float:
-    hit = np.nonzero(c["reward"] >= target)[0]
-    return float(c[key][hit[0]]) if len(hit) else float("nan")
-
-
-def summarise(curves: dict[str, list[dict[str, np.ndarray]]], target: float) -> dict:
-    budget = min(c["rollouts"][-1] for runs in curves.values() for c in runs)
-    out = {"target_reward": target, "equal_rollouts": budget, "methods": {}}
-    for method, runs in curves.items():
-        to_target = [first_reach(c, target, "rollouts") for c in runs]
-        secs = [first_reach(c, target, "seconds") for c in runs]
-        at_budget = [float(np.interp(budget, c["rollouts"], c["reward"])) for c in runs]
-        strict_at_budget = [float(np.interp(budget, c["rollouts"], c["strict"])) for c in runs]
-        out["methods"][method] = {
-            "rollouts_to_target": to_target, "seconds_to_target": secs,
-            "reward_at_equal_rollouts": at_budget, "strict_at_equal_rollouts": strict_at_budget,
-            "final_reward": [float(c["reward"][-1]) for c in runs],
-            # Mean of the evals after step 0: less sensitive to one noisy eval than the last point.
-            "mean_reward_after_start": [float(c["reward"][1:].mean()) for c in runs],
-            "base_reward": [float(c["reward"][0]) for c in runs],
-        }
+            points[int(row.get("iteration", 0))] = (rollouts, spent_s, row["eval/reward_mean"],
+                                                    row.get("eval/strict_mean", float("nan")))
+    steps = sorted(points)
+    out = {k: np.asarray([points[s][i] for s in steps], dtype=float)
+           for i, k in enumerate(("rollouts", "seconds", "reward", "strict"))}
+    dirs = eval_dirs(run_dir)
+    out["items"], out["reward_items"], out["strict_items"] = [], np.zeros((0, 0)), np.zeros((0, 0))
+    if dirs and all(s in dirs for s in steps):
+        for metric in ("reward", "strict"):
+            evals = [read_eval_items(dirs[s], metric) for s in steps]
+            out[f"{metric}_items"] = aligned(evals)
+        out["items"] = sorted(set.intersection(*(set(read_eval_items(dirs[s])) for s in steps)))
     return out
 
 
-def fmt(values: list[float], digits: int = 3) -> str:
+def first_reach(c: dict, target: float, key: str) -> float:
+    """`key` (rollouts or seconds) where the mean reward curve first reaches `target`,
+    linearly interpolated between the two evaluations around the crossing; NaN if never."""
+    r = c["reward"]
+    hit = np.nonzero(r >= target)[0]
+    if not len(hit):
+        return float("nan")
+    i = int(hit[0])
+    if i == 0:
+        return float(c[key][0])
+    frac = (target - r[i - 1]) / (r[i] - r[i - 1])
+    return float(c[key][i - 1] + frac * (c[key][i] - c[key][i - 1]))
+
+
+def items_at(c: dict, metric: str, rollouts: float) -> np.ndarray:
+    """Per-item scores interpolated at a rollout count. [items]."""
+    table, x = c[f"{metric}_items"], c["rollouts"]
+    j = int(np.clip(np.searchsorted(x, rollouts), 1, len(x) - 1))
+    frac = np.clip((rollouts - x[j - 1]) / max(x[j] - x[j - 1], 1e-12), 0.0, 1.0)
+    return table[j - 1] + frac * (table[j] - table[j - 1])
+
+
+def items_auc(c: dict, metric: str, budget: float) -> np.ndarray:
+    """Per-item area under the curve over [0, budget] rollouts, divided by the budget:
+    the mean score over the run. [items]."""
+    x = np.append(c["rollouts"][c["rollouts"] < budget], budget)
+    ys = np.stack([items_at(c, metric, v) for v in x])
+    return np.trapezoid(ys, x, axis=0) / budget
+
+
+def summarise(by_seed: dict[str, dict[int, dict]], reference: str = REFERENCE, target: float | None = None) -> dict:
+    """Every figure of the table, each with its interval. by_seed: {method: {training seed: curve}};
+    a method is compared with the reference on the seeds both have (pairing)."""
+    curves = {m: [runs[s] for s in sorted(runs)] for m, runs in by_seed.items()}
+    budget = float(min(c["rollouts"][-1] for runs in curves.values() for c in runs))
+    ref_runs = curves[reference]
+    if target is None:  # the reference's final mean test reward
+        target = float(np.mean([c["reward"][-1] for c in ref_runs]))
+    out: dict = {"target_reward": target, "equal_rollouts": budget, "reference": reference, "methods": {}}
+    per_item = all(c["reward_items"].size for runs in curves.values() for c in runs)
+    for method, runs in curves.items():
+        to_target = np.array([first_reach(c, target, "rollouts") for c in runs])
+        secs = np.array([first_reach(c, target, "seconds") for c in runs])
+        m: dict = {
+            "seeds": len(runs), "rollouts_to_target": to_target.tolist(), "seconds_to_target": secs.tolist(),
+            "reached": int(np.isfinite(to_target).sum()),
+            "final_reward": [float(c["reward"][-1]) for c in runs],
+            "final_strict": [float(c["strict"][-1]) for c in runs],
+            "reward_curve_mean": np.mean([c["reward"] for c in runs], axis=0).tolist() if _same_grid(runs) else None,
+        }
+        if per_item:
+            for metric in ("reward", "strict"):
+                base = np.stack([c[f"{metric}_items"][0] for c in runs])
+                at_budget = np.stack([items_at(c, metric, budget) for c in runs])
+                m[f"{metric}_gain"] = paired_bootstrap(at_budget, base).__dict__
+                m[f"{metric}_at_budget"] = paired_bootstrap(at_budget).__dict__
+                m[f"{metric}_auc"] = paired_bootstrap(np.stack([items_auc(c, metric, budget) for c in runs])).__dict__
+        common = sorted(set(by_seed[method]) & set(by_seed[reference]))
+        if method != reference and common:
+            runs = [by_seed[method][s] for s in common]
+            ref_runs = [by_seed[reference][s] for s in common]
+            to_target = np.array([first_reach(c, target, "rollouts") for c in runs])
+            secs = np.array([first_reach(c, target, "seconds") for c in runs])
+            ref_to = np.array([first_reach(c, target, "rollouts") for c in ref_runs])
+            ref_secs = np.array([first_reach(c, target, "seconds") for c in ref_runs])
+            m["paired_seeds"] = common
+            m["rollouts_ratio"] = bootstrap_ratio(to_target, ref_to).__dict__
+            m["seconds_ratio"] = bootstrap_ratio(secs, ref_secs).__dict__
+            if per_item:
+                for metric in ("reward", "strict"):
+                    mine = np.stack([items_at(c, metric, budget) for c in runs])
+                    ref = np.stack([items_at(c, metric, budget) for c in ref_runs])
+                    m[f"{metric}_vs_reference"] = paired_bootstrap(mine, ref).__dict__
+                    mine_auc = np.stack([items_auc(c, metric, budget) for c in runs])
+                    ref_auc = np.stack([items_auc(c, metric, budget) for c in ref_runs])
+                    m[f"{metric}_auc_vs_reference"] = paired_bootstrap(mine_auc, ref_auc).__dict__
+        out["methods"][method] = m
+    return out
+
+
+def _same_grid(runs: list[dict]) -> bool:
+    return len({tuple(c["rollouts"]) for c in runs}) == 1
+
+
+def fmt(interval: dict | None, digits: int = 3, signed: bool = True) -> str:
+    if not interval or not np.isfinite(interval["mean"]):
+        return "n/a"
+    return Interval(**interval).fmt(digits, signed)
+
+
+def fmt_spread(values: list[float], digits: int = 0) -> str:
     v = np.asarray(values, dtype=float)
     reached = v[np.isfinite(v)]
     if len(reached) == 0:
@@ -95,63 +193,100 @@ def fmt(values: list[float], digits: int = 3) -> str:
 
 
 def table(summary: dict) -> str:
+    ref = summary["reference"]
     lines = [
-        f"target test reward {summary['target_reward']:.3f}; equal-rollout budget {summary['equal_rollouts']:.0f}",
+        f"target: {ref}'s final mean test reward, {summary['target_reward']:.3f}; equal-rollout budget "
+        f"{summary['equal_rollouts']:.0f}. Intervals: 95% paired bootstrap over training seeds and test items.",
         "",
-        "| method | seeds | rollouts to target | seconds to target | test reward at equal rollouts | strict acc. at equal rollouts | mean test reward over the run |",
-        "|---|---|---|---|---|---|---|",
+        "| method | seeds | strict gain over base | reward gain over base | rollouts to target | "
+        f"rollouts ratio to {ref} | seconds ratio to {ref} | reward vs {ref} at equal rollouts | "
+        f"strict vs {ref} at equal rollouts | reward AUC vs {ref} |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for method, m in summary["methods"].items():
-        lines.append(f"| {method} | {len(m['final_reward'])} | {fmt(m['rollouts_to_target'], 0)} | "
-                     f"{fmt(m['seconds_to_target'], 0)} | {fmt(m['reward_at_equal_rollouts'])} | "
-                     f"{fmt(m['strict_at_equal_rollouts'])} | {fmt(m['mean_reward_after_start'])} |")
+        lines.append(
+            f"| {method} | {m['seeds']} | {fmt(m.get('strict_gain'))} | {fmt(m.get('reward_gain'))} | "
+            f"{fmt_spread(m['rollouts_to_target'])} | {fmt(m.get('rollouts_ratio'), 2, False)} | "
+            f"{fmt(m.get('seconds_ratio'), 2, False)} | {fmt(m.get('reward_vs_reference'))} | "
+            f"{fmt(m.get('strict_vs_reference'))} | {fmt(m.get('reward_auc_vs_reference'))} |")
     return "\n".join(lines)
+
+
+def plot(curves: dict[str, list[dict]], path: Path) -> None:
+    """Mean test reward and strict accuracy over rollouts, with a band of +- one standard
+    error over training seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric in zip(axes, ("reward", "strict")):
+        for method, runs in curves.items():
+            grid = np.linspace(0, min(c["rollouts"][-1] for c in runs), 33)
+            ys = np.stack([np.interp(grid, c["rollouts"], c[metric]) for c in runs])
+            mean, se = ys.mean(axis=0), ys.std(axis=0, ddof=1) / np.sqrt(len(ys)) if len(ys) > 1 else 0 * ys[0]
+            ax.plot(grid, mean, label=f"{method} ({len(runs)} seeds)")
+            ax.fill_between(grid, mean - se, mean + se, alpha=0.2)
+        ax.set_xlabel("rollouts")
+        ax.set_ylabel(f"test {metric}" + (" accuracy" if metric == "strict" else ""))
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("shapes world, 72 test prompts x 4 seeds; band: +- 1 s.e. over training seeds", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run_once(run_dir: Path, method: str, seed: int, iterations: int, eval_every: int, extra: list[str]) -> None:
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    code = train_main(["--preset", "tiny", "--no-progress", "--output", str(run_dir), *BUDGET, *EVALUATION, *TUNED,
+                       *METHODS[method], f"train.seed={seed}", f"train.iterations={iterations}",
+                       f"output.eval_every={eval_every}", f"output.checkpoint_every={iterations}", *extra])
+    if code != 0:
+        raise SystemExit(f"{method} seed {seed} failed with exit code {code}")
+
+
+def is_done(run_dir: Path) -> bool:
+    status = run_dir / "status.json"
+    return status.is_file() and json.loads(status.read_text()).get("state") == "done"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--iterations", type=int, default=32)
-    parser.add_argument("--eval-every", type=int, default=4)
+    parser.add_argument("--eval-every", type=int, default=8)
     parser.add_argument("--target", type=float, default=None,
-                        help="test reward to reach; default: halfway from the base reward to the best final reward")
+                        help=f"test reward to reach; default: {REFERENCE}'s final mean test reward")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/sample_efficiency"))
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="extra config overrides for every method, e.g. train.lr=1e-3")
     parser.add_argument("--fresh", action="store_true", help="delete earlier runs instead of reusing them")
     parser.add_argument("--summary-only", action="store_true", help="train nothing: summarise the finished runs")
     args = parser.parse_args()
-    curves: dict[str, list] = {}
+    curves: dict[str, dict[int, dict]] = {}
     for method in args.methods:
         for seed in args.seeds:
             run_dir = args.out / "runs" / f"{method}-s{seed}"
             if args.fresh and run_dir.exists():
                 shutil.rmtree(run_dir)
-            done = (run_dir / "status.json").is_file() and json.loads((run_dir / "status.json").read_text()).get("state") == "done"
-            if args.summary_only and not done:
-                continue
-            if not done:
-                if run_dir.exists():
-                    shutil.rmtree(run_dir)
-                code = train_main(["--preset", "tiny", "--no-progress", "--output", str(run_dir), *COMMON,
-                                   *METHODS[method], f"train.seed={seed}", f"train.iterations={args.iterations}",
-                                   f"output.eval_every={args.eval_every}", f"output.checkpoint_every={args.iterations}",
-                                   *args.set])
-                if code != 0:
-                    print(f"{method} seed {seed} failed with exit code {code}", file=sys.stderr)
-                    return code
-            curves.setdefault(method, []).append(curve(run_dir))
-    if not curves:
-        print(f"no finished runs under {args.out / 'runs'}: run the benchmark without --summary-only first",
-              file=sys.stderr)
+            if not is_done(run_dir):
+                if args.summary_only:
+                    continue
+                run_once(run_dir, method, seed, args.iterations, args.eval_every, args.set)
+            curves.setdefault(method, {})[seed] = curve(run_dir)
+    if not curves or REFERENCE not in curves:
+        print(f"no finished runs of {REFERENCE} under {args.out / 'runs'}: run the benchmark without "
+              "--summary-only first", file=sys.stderr)
         return 2
-    base = float(np.mean([c["reward"][0] for runs in curves.values() for c in runs]))
-    best = max(float(np.mean([c["reward"][-1] for c in runs])) for runs in curves.values())
-    target = args.target if args.target is not None else base + 0.5 * (best - base)
-    summary = summarise(curves, target)
+    summary = summarise(curves, REFERENCE, args.target)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
+    plot({m: list(runs.values()) for m, runs in curves.items()}, args.out / "curves.png")
     print(table(summary))
     return 0
 

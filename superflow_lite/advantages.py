@@ -2,13 +2,13 @@
 
 Pipeline (`compute_advantages`):
     A_i     = r_i - b_i                      b: tracker value v_c (section 4) or group mean (Flow-GRPO)
-    A_i     = (A_i - mean A) / (std A + eps) over the whole batch
+    A_i     = A_i / (std(r) + eps)           std of the batch's raw rewards (Flow-GRPO; or per group)
     A_{i,t} = clip(w_t * A_i, -clip, clip)   w_t: step weights, mean 1 over the trained steps
 
 Rewards here are the unit-range rewards r in [0, 1] (each reward declares its range and the
 trainer maps it). Our choice: the tracker baseline needs that range, because the Beta
 trackers estimate E[r] on [0, 1]; for the group-mean baseline the range is irrelevant,
-since A = r - mean_group(r) followed by standardisation is invariant to r -> a r + b (a > 0).
+since (r - mean_group(r)) / std(r) is invariant to r -> a r + b (a > 0) up to the epsilon.
 So one set of unit rewards serves every configuration.
 
 Arrays: N rollouts, G groups (prompts), S trained steps. group_ids: int [N] in 0..G-1.
@@ -57,19 +57,45 @@ def tracker_baseline(rewards: np.ndarray, group_ids: np.ndarray, values_before: 
 
 
 def standardize(adv: np.ndarray, eps: float = 1e-8) -> np.ndarray:
-    """(A - mean A) / (std A + eps) over the whole batch   (section 4). float64 [N].
+    """(A - mean A) / (std A + eps) over the whole batch   (section 4, adv_std "residual"). float64 [N].
 
-    The global (not per-group) std keeps groups whose rewards barely differ from being
-    blown up to unit scale (Flow-GRPO's global_std).
+    Not Flow-GRPO's scaling: dividing by the residuals' own std blows a batch whose rewards
+    barely differ up to unit scale. Kept as a switch for comparison.
     """
     a = np.asarray(adv, dtype=np.float64)
     return (a - a.mean()) / (a.std() + eps)
 
 
-def flow_grpo_advantages(rewards: np.ndarray, group_ids: np.ndarray) -> np.ndarray:
-    """Flow-GRPO: A_i = standardize(r_i - mean_group(r))   (section 6). float64 [N]."""
+def scale_advantages(residual: np.ndarray, rewards: np.ndarray, group_ids: np.ndarray,
+                     mode: str, eps: float) -> np.ndarray:
+    """Divide the residuals A_i = r_i - b_i by a reward std   (section 4). float64 [N].
+
+        global:   A_i / (std of all raw rewards r of the batch + eps)     Flow-GRPO, global_std
+        group:    A_i / (std of r in rollout i's group + eps)             Flow-GRPO, per prompt
+        residual: (A_i - mean A) / (std A + eps)                          centred residuals
+
+    The std is of the rewards, not of the residuals: a batch whose rewards barely differ
+    keeps advantages near zero (eps = 1e-4 bounds the blow-up) instead of unit scale.
+    """
+    a = np.asarray(residual, dtype=np.float64)
     r = np.asarray(rewards, dtype=np.float64)
-    return standardize(r - group_mean_baseline(r, group_ids))
+    g = np.asarray(group_ids, dtype=np.int64)
+    if mode == "global":
+        return a / (r.std() + eps)
+    if mode == "group":
+        means = _group_means(r, g)
+        var = np.bincount(g, weights=(r - means[g]) ** 2, minlength=len(means)) / np.bincount(g)
+        return a / (np.sqrt(var)[g] + eps)
+    if mode == "residual":
+        return standardize(a, eps)
+    raise ValueError(f"adv_std must be global, group or residual; got {mode!r}")
+
+
+def flow_grpo_advantages(rewards: np.ndarray, group_ids: np.ndarray, global_std: bool = True) -> np.ndarray:
+    """Flow-GRPO: A_i = (r_i - mean_group(r)) / (std(r) + 1e-4), the std global or per group   (section 6)."""
+    r = np.asarray(rewards, dtype=np.float64)
+    return scale_advantages(r - group_mean_baseline(r, group_ids), r, group_ids,
+                            "global" if global_std else "group", 1e-4)
 
 
 def step_weights(sigmas: Sequence[float] | np.ndarray | torch.Tensor, noise_level: float,
@@ -128,12 +154,14 @@ def compute_advantages(
     unit_rewards: np.ndarray, group_ids: np.ndarray, *, baseline: BaselineKind,
     values_before: np.ndarray | None, first_visit: Sequence[bool] | np.ndarray | None,
     sigmas: Sequence[float] | np.ndarray | torch.Tensor, noise_level: float,
-    trained_steps: Sequence[int], weight_kind: WeightKind, clip: float = 5.0, eps: float = 1e-8,
+    trained_steps: Sequence[int], weight_kind: WeightKind, clip: float = 5.0,
+    adv_std: str = "global", eps: float = 1e-4,
 ) -> tuple[np.ndarray, dict[str, float]]:
-    """baseline -> standardize -> step weights -> clamp   (sections 4 and 6).
+    """baseline -> scale by a reward std -> step weights -> clamp   (sections 4 and 6).
 
     unit_rewards: [N] in [0, 1]; group_ids: int [N]; values_before, first_visit: [G]
-    (tracker baseline only). Flow-GRPO = baseline "group_mean", weight_kind "none".
+    (tracker baseline only). Flow-GRPO = baseline "group_mean", adv_std "global" (or "group"),
+    eps 1e-4, weight_kind "none".
     Returns (adv float32 [N, S] in trained_steps order, stats).
     """
     r = np.asarray(unit_rewards, dtype=np.float64)
@@ -150,7 +178,7 @@ def compute_advantages(
         b = group_mean_baseline(r, g)
     else:
         raise ValueError(f"baseline must be tracker or group_mean; got {baseline!r}")
-    adv = standardize(r - b, eps)
+    adv = scale_advantages(r - b, r, g, adv_std, eps)
     w = step_weights(sigmas, noise_level, trained_steps, weight_kind)
     adv_steps = step_advantages(adv, w, clip)
     stats = {

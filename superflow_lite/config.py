@@ -105,6 +105,14 @@ class TrainConfig:
     kl_beta: float = 0.04
     """beta of the KL to the reference (LoRA disabled); 0 skips the reference pass."""
     adv_clip: float = 5.0
+    """Advantages are clamped to [-adv_clip, adv_clip] after the step weights (Flow-GRPO: 5)."""
+    adv_std: Literal["global", "group", "residual"] = "global"
+    """What r - b is divided by (ALGORITHM.md 4): the std of the batch's raw rewards (global,
+    Flow-GRPO's global_std), of the prompt's group (group), or centred residuals by their own std."""
+    adv_eps: float = 1e-4
+    """Added to that std (Flow-GRPO: 1e-4): a batch of near-equal rewards keeps near-zero advantages."""
+    detach_uncond: bool = True
+    """Detach the unconditional CFG branch in the policy update (Flow-GRPO); false differentiates both."""
     updates_per_iter: int = 2
     """Optimizer steps per iteration (the rollouts are split into this many minibatches)."""
     micro_batch: int = 8
@@ -137,7 +145,11 @@ class PromptsConfig:
     test_source: str | None = None
     """Eval prompts: a .txt file; default = the built-in set's test split (or source's first lines)."""
     num_eval_prompts: int = 8
+    """Eval prompts, spread evenly over the split."""
     eval_seeds: list[int] = field(default_factory=lambda: [0])
+    """One image per (prompt, seed); each seed fixes its noise, so every method and step sees the same noise."""
+    eval_split: Literal["test", "val"] = "test"
+    """test: final figures; val: train prompts held out of the RL pool, for tuning hyper-parameters."""
 
 
 @dataclass
@@ -389,10 +401,13 @@ def validate(cfg: Config) -> None:
     _require(sf.m_min <= sf.m_max, f"superflow.m_min ({sf.m_min}) must be <= superflow.m_max ({sf.m_max})")
     _require(0 < sf.rho <= 1, f"superflow.rho must be in (0, 1], got {sf.rho}")
     _require(0 < t.ema_decay < 1, f"train.ema_decay must be in (0, 1), got {t.ema_decay}")
-    needs_group = cfg.algorithm == "flow_grpo" or sf.baseline == "group_mean"
-    smallest = sf.group_size if (cfg.algorithm == "flow_grpo" or not sf.dynamic_groups) else sf.m_min
-    _require(not needs_group or smallest >= 2,
-             f"group size {smallest} < 2: the group-mean baseline needs >= 2 rollouts per prompt")
+    from .algorithms import resolve_algorithm
+
+    spec = resolve_algorithm(cfg)
+    smallest = spec.smallest_group(sf.group_size, sf.m_min)
+    _require(smallest >= spec.min_group,
+             f"group size {smallest} < 2: the group-mean baseline and train.adv_std=group need >= 2 rollouts per prompt")
+    _require(t.adv_eps >= 0, f"train.adv_eps must be >= 0, got {t.adv_eps}")
     cap = sf.rollout_cap
     if cap and cfg.algorithm == "flow_grpo":
         need = sf.prompts_per_iter * sf.group_size

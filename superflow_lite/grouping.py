@@ -281,11 +281,13 @@ class GroupSampler:
     def from_config(cls, cfg: Config, prompt_pool: Sequence[str], rollout_cap: int | None = None) -> GroupSampler:
         """Build from cfg.algorithm, cfg.superflow and cfg.train.seed. `rollout_cap` overrides
         cfg.superflow.rollout_cap (whose 0 means "from the memory plan": pass the plan's R)."""
-        sf = cfg.superflow
+        from .algorithms import resolve_algorithm
+
+        sf, spec = cfg.superflow, resolve_algorithm(cfg)
         return cls(
-            cfg.algorithm, prompt_pool, prompts_per_iter=sf.prompts_per_iter, group_size=sf.group_size,
-            dynamic_groups=sf.dynamic_groups, m_max=sf.m_max, m_min=sf.m_min, num_bins=sf.num_bins,
-            rollout_cap=sf.rollout_cap if rollout_cap is None else rollout_cap, baseline=sf.baseline,
+            spec.name, prompt_pool, prompts_per_iter=sf.prompts_per_iter, group_size=sf.group_size,
+            dynamic_groups=spec.dynamic_groups, m_max=sf.m_max, m_min=sf.m_min, num_bins=sf.num_bins,
+            rollout_cap=sf.rollout_cap if rollout_cap is None else rollout_cap, baseline=spec.baseline,
             rho=sf.rho, adaptive_rho=sf.adaptive_rho, d_half=sf.d_half, weight_floor=sf.weight_floor,
             seed=cfg.train.seed,
         )

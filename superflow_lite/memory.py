@@ -32,6 +32,7 @@ from typing import Callable, TypeVar
 
 import torch
 
+from .algorithms import resolve_algorithm
 from .config import Config
 
 T = TypeVar("T")
@@ -336,7 +337,7 @@ def plan_for_config(cfg: Config, vram_gib: float | None = None, host_gib: float 
     m = _model_facts(cfg)
     static = _static_terms(cfg, m, device)
     sf, s = cfg.superflow, cfg.sampling
-    per_prompt = (sf.m_max, sf.m_min) if (cfg.algorithm == "superflow" and sf.dynamic_groups) else (sf.group_size,) * 2
+    per_prompt = resolve_algorithm(cfg).group_bounds(sf.group_size, sf.m_max, sf.m_min)
     r_target, r_min = sf.prompts_per_iter * per_prompt[0], sf.prompts_per_iter * per_prompt[1]
     rollout = m.latent_bytes * (s.num_steps + 1) + 4 * s.num_steps + 16  # latents, log-probs, row/group ids
     margin = ALLOCATOR_MARGIN if device == "cuda" else 0.0

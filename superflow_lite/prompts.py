@@ -1,7 +1,7 @@
 """Prompt sources: a built-in set by name, or a text file with one prompt per line."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import ConfigError, PromptsConfig
@@ -10,7 +10,20 @@ from .config import ConfigError, PromptsConfig
 @dataclass
 class PromptSet:
     train: list[str]
+    """The RL prompt pool."""
     test: list[str]
+    """Final figures only."""
+    val: list[str] = field(default_factory=list)
+    """Held out of `train` for tuning; empty when the source has no validation split."""
+
+    def eval_prompts(self, split: str) -> list[str]:
+        """The prompts of `prompts.eval_split`."""
+        if split == "val":
+            if not self.val:
+                raise ConfigError("prompts.eval_split=val needs a source with a validation split "
+                                  "(the built-in shapes set); use prompts.eval_split=test")
+            return self.val
+        return self.test
 
 
 def read_prompt_file(path: str | Path, key: str) -> list[str]:
@@ -29,9 +42,9 @@ def read_prompt_file(path: str | Path, key: str) -> list[str]:
 
 def builtin_prompt_set(name: str) -> PromptSet | None:
     if name == "shapes":
-        from .world.prompts import test_prompts, train_prompts
+        from .world.prompts import rl_train_prompts, test_prompts, val_prompts
 
-        return PromptSet(train_prompts(), test_prompts())
+        return PromptSet(rl_train_prompts(), test_prompts(), val_prompts())
     from .rewards.prompt_sets import available_prompt_sets, load_builtin_prompt_set
 
     if name in available_prompt_sets():

@@ -58,11 +58,13 @@ def predict_velocity(
     cond: PromptEmbeds,
     uncond: PromptEmbeds | None,
     guidance_scale: float,
+    detach_uncond: bool = False,
 ) -> torch.Tensor:
     """v = v_uncond + g (v_cond - v_uncond), one batched forward over [uncond; cond].
 
     x: [B, C, H, W]; cond/uncond embeds [B, L, D]; returns float32 [B, C, H, W].
-    uncond None (or g == 1) skips CFG: one forward of batch B.
+    uncond None (or g == 1) skips CFG: one forward of batch B. detach_uncond stops the
+    gradient through v_uncond (Flow-GRPO's policy update): the values are unchanged.
     """
     dtype = next(p for p in transformer.parameters() if p.is_floating_point()).dtype
     dtype = dtype if dtype in (torch.float32, torch.bfloat16, torch.float16) else torch.bfloat16
@@ -84,6 +86,8 @@ def predict_velocity(
     if not use_cfg:
         return out
     v_uncond, v_cond = out.chunk(2)
+    if detach_uncond:
+        v_uncond = v_uncond.detach()
     return v_uncond + guidance_scale * (v_cond - v_uncond)
 
 

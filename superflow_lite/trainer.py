@@ -20,6 +20,7 @@ import torch
 from accelerate import Accelerator
 
 from . import advantages as adv_math
+from .algorithms import resolve_algorithm
 from .checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import Config
 from .embeddings import PromptEmbeds, PromptEncoder
@@ -93,6 +94,7 @@ class StopRequested:
 class Trainer:
     def __init__(self, cfg: Config, run: RunDir, stop: StopRequested | None = None):
         self.cfg, self.run = cfg, run
+        self.algo = resolve_algorithm(cfg)
         self.stop = stop or StopRequested()
         self.device = resolve_device(cfg.model.device)
         self.accelerator = Accelerator(cpu=self.device.type == "cpu")
@@ -231,7 +233,8 @@ class Trainer:
         cfg, s = self.cfg, schedule
         x, x_next = batch["latents"][:, step], batch["latents"][:, step + 1]
         uncond = batch["uncond"] if cfg.train.cfg_in_training else None
-        v = predict_velocity(self.transformer, x, s.timesteps[step], batch["cond"], uncond, cfg.sampling.guidance_scale)
+        v = predict_velocity(self.transformer, x, s.timesteps[step], batch["cond"], uncond,
+                             cfg.sampling.guidance_scale, detach_uncond=self.algo.detach_uncond)
         mu, std = sde_step_mean_std(x, v, s.sigmas[step], s.sigmas[step + 1], s.sigma_t[step])
         logp = gaussian_logp(x_next, mu, std)
         loss_pg, stats = clipped_policy_loss(logp, batch["logp_old"][:, step], batch["adv"][:, step_pos], cfg.train.clip_range)
@@ -317,14 +320,16 @@ class Trainer:
         adv_all, adv_stats = adv_math.compute_advantages(
             unit_rewards=rollouts.unit_rewards,
             group_ids=group_of_row,
-            baseline="group_mean" if cfg.algorithm == "flow_grpo" else cfg.superflow.baseline,
+            baseline=self.algo.baseline,
             values_before=np.asarray(plan.values),
             first_visit=np.asarray(plan.first_visit),
             sigmas=schedule.sigmas,
             noise_level=cfg.sampling.noise_level,
             trained_steps=steps,
-            weight_kind="none" if cfg.algorithm == "flow_grpo" else cfg.superflow.step_weights,
+            weight_kind=self.algo.step_weights,
             clip=cfg.train.adv_clip,
+            adv_std=self.algo.adv_std,
+            eps=self.algo.adv_eps,
         )
         adv = torch.as_tensor(adv_all, dtype=torch.float32)[rollouts.rows]
         embeds = self.encoder.encode(plan.prompts)
@@ -356,7 +361,7 @@ class Trainer:
     # ------------------------------------------------------------------ eval, export, loop
     def evaluate(self, step: int) -> dict[str, float]:
         cfg = self.cfg
-        prompts = eval_subset(self.prompt_set.test, cfg.prompts.num_eval_prompts)
+        prompts = eval_subset(self.prompt_set.eval_prompts(cfg.prompts.eval_split), cfg.prompts.num_eval_prompts)
         with (self.ema.swapped_in() if self.ema else contextlib.nullcontext()):
             return evaluate_and_save(
                 self.pipe, self.transformer, self.encoder, self.reward, prompts, cfg.prompts.eval_seeds,

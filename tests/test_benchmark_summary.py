@@ -1,5 +1,5 @@
-"""benchmarks/sample_efficiency.py's bookkeeping: curves read from run directories,
-rollouts and seconds to a target, and rewards at equal rollouts."""
+"""benchmarks/sample_efficiency.py's bookkeeping and superflow_lite.stats' intervals:
+curves read from run directories, interpolated crossings, per-item pairing, ratios."""
 from __future__ import annotations
 
 import importlib.util
@@ -10,7 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from superflow_lite.stats import aligned, bootstrap_ratio, paired_bootstrap, read_eval_items
+
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "sample_efficiency.py"
+ITEMS = [(f"prompt {i}", s) for i in range(6) for s in range(2)]
 
 
 @pytest.fixture(scope="module")
@@ -21,37 +24,108 @@ def bench():
     return module
 
 
-def write_run(run_dir: Path, evals: dict[int, float], rollouts_per_iter: int, iter_s: float) -> Path:
-    """A metrics.jsonl as the trainer writes it: eval rows at some iterations, one
-    training row per iteration with cumulative rollouts and its wall time."""
+def write_run(run_dir: Path, evals: dict[int, list[float]], rollouts_per_iter: int, iter_s: float) -> Path:
+    """metrics.jsonl and samples/<step>/index.json as the trainer writes them. evals: per-item
+    rewards at some iterations (strict = reward > 0.5)."""
     run_dir.mkdir(parents=True)
-    rows = [{"iteration": 0, "eval/reward_mean": evals[0], "eval/strict_mean": 0.0}]
-    for it in range(1, max(evals) + 1):
-        row = {"iteration": it, "rollouts/total": it * rollouts_per_iter, "perf/iter_s": iter_s}
+    rows = []
+    for it in range(0, max(evals) + 1):
+        row = {"iteration": it}
+        if it:
+            row.update({"rollouts/total": it * rollouts_per_iter, "perf/iter_s": iter_s})
         if it in evals:
-            row.update({"eval/reward_mean": evals[it], "eval/strict_mean": evals[it] / 2})
+            scores = np.asarray(evals[it])
+            row.update({"eval/reward_mean": float(scores.mean()), "eval/strict_mean": float((scores > 0.5).mean())})
+            out = run_dir / "samples" / f"{it:06d}"
+            out.mkdir(parents=True)
+            index = [{"file": f"{k:03d}.png", "prompt": p, "seed": s, "reward": float(v), "strict": float(v > 0.5)}
+                     for k, ((p, s), v) in enumerate(zip(ITEMS, scores))]
+            (out / "index.json").write_text(json.dumps(index))
         rows.append(row)
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return run_dir
 
 
-def test_curve_reads_eval_points_with_cumulative_rollouts_and_seconds(bench, tmp_path):
-    run = write_run(tmp_path / "a", {0: 0.5, 2: 0.6, 4: 0.7}, rollouts_per_iter=32, iter_s=3.0)
+def flat(value: float) -> list[float]:
+    return [value] * len(ITEMS)
+
+
+def test_curve_reads_eval_points_items_and_cumulative_rollouts(bench, tmp_path):
+    run = write_run(tmp_path / "a", {0: flat(0.5), 2: flat(0.6), 4: flat(0.7)}, rollouts_per_iter=32, iter_s=3.0)
     c = bench.curve(run)
     np.testing.assert_allclose(c["rollouts"], [0, 64, 128])
     np.testing.assert_allclose(c["seconds"], [0.0, 6.0, 12.0])
     np.testing.assert_allclose(c["reward"], [0.5, 0.6, 0.7])
+    assert c["reward_items"].shape == (3, len(ITEMS)) and c["items"] == sorted(ITEMS)
+    np.testing.assert_allclose(c["strict_items"][2], 1.0)
 
 
-def test_first_reach_and_equal_rollout_interpolation(bench, tmp_path):
-    fast = bench.curve(write_run(tmp_path / "fast", {0: 0.5, 2: 0.7, 4: 0.7}, 32, 2.0))
-    slow = bench.curve(write_run(tmp_path / "slow", {0: 0.5, 2: 0.55, 4: 0.65}, 16, 1.0))
-    assert bench.first_reach(fast, 0.6, "rollouts") == 64
-    assert bench.first_reach(slow, 0.6, "rollouts") == 64  # reached at iteration 4 = 64 rollouts
-    assert math.isnan(bench.first_reach(slow, 0.9, "rollouts"))
-    summary = bench.summarise({"fast": [fast], "slow": [slow]}, target=0.6)
-    assert summary["equal_rollouts"] == 64  # the smallest budget every run reached
-    assert summary["methods"]["fast"]["reward_at_equal_rollouts"] == [pytest.approx(0.7)]
-    assert summary["methods"]["slow"]["reward_at_equal_rollouts"] == [pytest.approx(0.65)]
-    assert summary["methods"]["slow"]["mean_reward_after_start"] == [pytest.approx(0.6)]
-    assert "1/2 reached" in bench.fmt([64.0, float("nan")], 0)
+def test_first_reach_interpolates_between_evaluations(bench, tmp_path):
+    c = bench.curve(write_run(tmp_path / "r", {0: flat(0.5), 2: flat(0.6), 4: flat(0.8)}, 32, 2.0))
+    assert bench.first_reach(c, 0.5, "rollouts") == 0
+    assert bench.first_reach(c, 0.7, "rollouts") == pytest.approx(96.0)  # halfway between 64 and 128
+    assert bench.first_reach(c, 0.7, "seconds") == pytest.approx(6.0)
+    assert math.isnan(bench.first_reach(c, 0.9, "rollouts"))
+
+
+def test_items_at_and_area_under_the_curve(bench, tmp_path):
+    c = bench.curve(write_run(tmp_path / "r", {0: flat(0.2), 2: flat(0.6), 4: flat(0.6)}, 32, 1.0))
+    np.testing.assert_allclose(bench.items_at(c, "reward", 32), 0.4)
+    # Area over [0, 128]: the ramp 0.2 -> 0.6 over 64 (mean 0.4), then flat 0.6: mean 0.5.
+    np.testing.assert_allclose(bench.items_auc(c, "reward", 128), 0.5)
+    np.testing.assert_allclose(bench.items_auc(c, "reward", 64), 0.4)
+
+
+def test_summary_pairs_methods_by_seed_and_item(bench, tmp_path):
+    rng = np.random.default_rng(0)
+    by_seed: dict[str, dict[int, dict]] = {"flow_grpo": {}, "fast": {}}
+    items_base = rng.uniform(0.3, 0.5, len(ITEMS))
+    for seed in range(4):
+        base = items_base
+        ref = {0: base, 4: base + 0.2, 8: base + 0.3}
+        fast = {0: base, 4: base + 0.3, 8: base + 0.35}
+        by_seed["flow_grpo"][seed] = bench.curve(write_run(tmp_path / f"ref{seed}", ref, 32, 2.0))
+        by_seed["fast"][seed] = bench.curve(write_run(tmp_path / f"fast{seed}", fast, 32, 1.0))
+    ref_final = np.mean([c["reward"][-1] for c in by_seed["flow_grpo"].values()])
+    assert bench.summarise(by_seed, "flow_grpo")["target_reward"] == pytest.approx(ref_final)
+    target = items_base.mean() + 0.25
+    summary = bench.summarise(by_seed, "flow_grpo", target)
+    assert summary["equal_rollouts"] == 256
+    fast = summary["methods"]["fast"]
+    assert fast["reward_gain"]["mean"] == pytest.approx(0.35)
+    assert fast["reward_vs_reference"]["mean"] == pytest.approx(0.05)
+    assert fast["reward_vs_reference"]["low"] == pytest.approx(0.05)  # the same +0.05 on every item
+    # +0.25: the reference crosses it halfway from iteration 4 to 8 (192 rollouts, 12 s);
+    # "fast" at 0.25/0.3 of the way to iteration 4 (106.7 rollouts, 3.33 s at 1 s per iteration).
+    assert summary["methods"]["flow_grpo"]["rollouts_to_target"] == pytest.approx([192.0] * 4)
+    assert fast["rollouts_to_target"] == pytest.approx([128 * 0.25 / 0.3] * 4)
+    assert fast["rollouts_ratio"]["mean"] == pytest.approx(128 * 0.25 / 0.3 / 192)
+    assert fast["seconds_ratio"]["mean"] == pytest.approx(4 * 0.25 / 0.3 / 12)
+    assert fast["reward_auc_vs_reference"]["mean"] > 0
+    text = bench.table(summary)
+    assert "| fast | 4 |" in text and "flow_grpo" in text
+
+
+def test_paired_bootstrap_intervals():
+    rng = np.random.default_rng(1)
+    a = rng.normal(0.0, 1.0, 400)
+    same = paired_bootstrap(a + rng.normal(0, 0.1, 400), a)
+    assert same.low < 0 < same.high and not same.excludes_zero
+    shifted = paired_bootstrap(a + 0.3 + rng.normal(0, 0.1, 400), a)
+    assert shifted.excludes_zero and shifted.low < 0.3 < shifted.high
+    # Runs that disagree widen a [runs, items] interval beyond the items-only one.
+    runs = a[None, :] + rng.normal(0, 0.5, (5, 1))
+    two_way = paired_bootstrap(runs)
+    items_only = paired_bootstrap(runs.mean(axis=0))
+    assert two_way.high - two_way.low > 1.5 * (items_only.high - items_only.low)
+    ratio = bootstrap_ratio(np.array([1.0, 2.0, np.nan, 3.0]), np.array([2.0, 4.0, 5.0, 6.0]))
+    assert ratio.mean == pytest.approx(0.5) and ratio.low == pytest.approx(0.5)  # the NaN run left out
+
+
+def test_eval_items_pair_on_common_keys(tmp_path):
+    for name, rows in {"a": [("p", 0, 1.0), ("p", 1, 0.0), ("q", 0, 0.5)], "b": [("q", 0, 0.2), ("p", 0, 0.4)]}.items():
+        d = tmp_path / name
+        d.mkdir()
+        (d / "index.json").write_text(json.dumps([{"prompt": p, "seed": s, "reward": r} for p, s, r in rows]))
+    table = aligned([read_eval_items(tmp_path / "a"), read_eval_items(tmp_path / "b")])
+    np.testing.assert_allclose(table, [[1.0, 0.5], [0.4, 0.2]])  # (p, 0), (q, 0): sorted common items

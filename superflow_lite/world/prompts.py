@@ -69,6 +69,37 @@ def train_prompts() -> list[str]:
     return list(_split()[0])
 
 
+# Validation prompts per compositional category, held out of the RL prompt pool (not of
+# pretraining): hyper-parameters are tuned on them, so the test split stays unseen.
+VAL_SIZES: dict[str, int] = {"counting": 6, "binding": 12, "position": 12}
+VAL_SEED = 20261202
+
+
+@functools.cache
+def _val_split() -> tuple[str, ...]:
+    rng = random.Random(VAL_SEED)
+    train = set(_split()[0])
+    val: list[str] = []
+    for category, specs in specs_by_category().items():
+        prompts = [caption(s) for s in specs if caption(s) in train]
+        if category == "single":
+            val += prompts  # as in the test split: the easy anchor, too few to hold out
+            continue
+        val += sorted(rng.sample(prompts, VAL_SIZES[category]), key=prompts.index)
+    return tuple(val)
+
+
+def val_prompts() -> list[str]:
+    """Validation prompts for tuning (42: 12 single, 6 counting, 12 binding, 12 position)."""
+    return list(_val_split())
+
+
+def rl_train_prompts() -> list[str]:
+    """The RL prompt pool: the train prompts less the held-out validation ones (618)."""
+    held_out = set(_val_split()) - set(test_prompts())
+    return [p for p in _split()[0] if p not in held_out]
+
+
 def test_prompts() -> list[str]:
     """Fixed evaluation prompts (72: 12 single, 12 counting, 24 binding, 24 position)."""
     return list(_split()[1])

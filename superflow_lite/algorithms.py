@@ -1,0 +1,76 @@
+"""What each algorithm means, decided once (ALGORITHM.md section 6).
+
+`algorithm: flow_grpo` is Flow-GRPO as its authors run it: B prompts drawn uniformly, a
+fixed group of G rollouts each, the group-mean baseline, one advantage for every step of
+a trajectory. Whatever `superflow.*` says, a flow_grpo run uses exactly that. Flow-GRPO's
+own two switches stay switches, with its defaults: `train.adv_std` (global: the std of
+the batch's raw rewards, plus `train.adv_eps` = 1e-4; group: the prompt's group's std)
+and `train.detach_uncond` (the unconditional CFG branch detached in the policy update).
+
+`algorithm: superflow` reads its switches from the config (`superflow.*`, and the
+advantage scaling and CFG detach in `train.*`, which both algorithms share).
+
+The trainer, the group sampler, the memory plan and the config validation read the
+resolved `AlgorithmSpec` and nothing else, so a flow_grpo run cannot pick up a
+SuperFlow switch by accident.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from .config import Config
+
+AdvStd = Literal["global", "group", "residual"]
+
+
+@dataclass(frozen=True)
+class AlgorithmSpec:
+    """The resolved choices of one run's algorithm."""
+
+    name: Literal["superflow", "flow_grpo"]
+    prompt_choice: Literal["uniform", "uncertainty"]
+    """uniform: B prompts without replacement; uncertainty: w_c = sqrt(v(1-v)) + floor (section 3)."""
+    dynamic_groups: bool
+    """Group sizes from the uncertainty bins (section 3); False: every group has G rollouts."""
+    baseline: Literal["tracker", "group_mean"]
+    adv_std: AdvStd
+    """What the residual r - b is divided by (section 4): the std of the batch's raw rewards
+    (global), of the prompt's group (group), or of the residuals after centring (residual)."""
+    adv_eps: float
+    """Added to that std: 1e-4 (Flow-GRPO) keeps a near-constant batch near zero advantage."""
+    step_weights: Literal["sigma", "sigma_sqrt_dt", "none"]
+    detach_uncond: bool
+    """Detach v_uncond in the policy update's CFG (Flow-GRPO); False differentiates both branches."""
+
+    @property
+    def min_group(self) -> int:
+        """The smallest group the baseline and the scaling can use."""
+        needs_pairs = self.baseline == "group_mean" or self.adv_std == "group"
+        return 2 if needs_pairs else 1
+
+    def smallest_group(self, group_size: int, m_min: int) -> int:
+        """The smallest group this spec will ever sample, before the cap shrinks anything."""
+        return m_min if self.dynamic_groups else group_size
+
+    def group_bounds(self, group_size: int, m_max: int, m_min: int) -> tuple[int, int]:
+        """(largest, smallest) rollouts per prompt: what the memory plan and the cap check size."""
+        return (m_max, m_min) if self.dynamic_groups else (group_size, group_size)
+
+
+def resolve_algorithm(cfg: "Config") -> AlgorithmSpec:
+    """The one place where `cfg.algorithm` turns into concrete switches."""
+    sf, t = cfg.superflow, cfg.train
+    if cfg.algorithm == "flow_grpo":
+        # Flow-GRPO's own switches (its global_std, the CFG detach) stay switches; the
+        # SuperFlow additions (tracker baseline, step weights, dynamic groups) are off.
+        return AlgorithmSpec(
+            name="flow_grpo", prompt_choice="uniform", dynamic_groups=False, baseline="group_mean",
+            adv_std=t.adv_std, adv_eps=t.adv_eps, step_weights="none", detach_uncond=t.detach_uncond,
+        )
+    return AlgorithmSpec(
+        name="superflow", prompt_choice="uncertainty", dynamic_groups=sf.dynamic_groups,
+        baseline=sf.baseline, adv_std=t.adv_std, adv_eps=t.adv_eps, step_weights=sf.step_weights,
+        detach_uncond=t.detach_uncond,
+    )
