@@ -94,7 +94,7 @@ def test_app_through_gradio_client(app, tmp_path):
         assert "lora/pytorch_lora_weights.safetensors" in zf.namelist()
 
     prompts, seeds = client.predict("c1", api_name="/compare_defaults")
-    assert prompts and seeds == "0"
+    assert prompts and seeds == "0, 1, 2, 3"  # the run's eval seeds (the tiny preset's)
     typed = prompts + "\na blue square"
     base_images, lora_images, table, summary = client.predict("c1", typed, "0, 1", 1.0, None, api_name="/compare")
     assert len(base_images) == len(lora_images) == 2 * len(typed.splitlines())
