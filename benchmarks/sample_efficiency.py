@@ -132,14 +132,20 @@ def summarise(by_seed: dict[str, dict[int, dict]], reference: str = REFERENCE, t
     ref_runs = curves[reference]
     if target is None:  # the reference's final mean test reward
         target = float(np.mean([c["reward"][-1] for c in ref_runs]))
-    out: dict = {"target_reward": target, "equal_rollouts": budget, "reference": reference, "methods": {}}
+    base = float(np.mean([c["reward"][0] for c in ref_runs]))
+    # A target at or below the base model is "reached" before training: no rollouts-to-target then.
+    defined = target > base
+    out: dict = {"target_reward": target, "base_reward": base, "target_defined": defined,
+                 "equal_rollouts": budget, "reference": reference, "methods": {}}
+    reach = first_reach if defined else (lambda c, t, key: float("nan"))
     per_item = all(c["reward_items"].size for runs in curves.values() for c in runs)
     for method, runs in curves.items():
-        to_target = np.array([first_reach(c, target, "rollouts") for c in runs])
-        secs = np.array([first_reach(c, target, "seconds") for c in runs])
+        to_target = np.array([reach(c, target, "rollouts") for c in runs])
+        secs = np.array([reach(c, target, "seconds") for c in runs])
         m: dict = {
             "seeds": len(runs), "rollouts_to_target": to_target.tolist(), "seconds_to_target": secs.tolist(),
             "reached": int(np.isfinite(to_target).sum()),
+            "seconds_per_rollout": [float(c["seconds"][-1] / c["rollouts"][-1]) for c in runs],
             "final_reward": [float(c["reward"][-1]) for c in runs],
             "final_strict": [float(c["strict"][-1]) for c in runs],
             "reward_curve_mean": np.mean([c["reward"] for c in runs], axis=0).tolist() if _same_grid(runs) else None,
@@ -155,12 +161,16 @@ def summarise(by_seed: dict[str, dict[int, dict]], reference: str = REFERENCE, t
         if method != reference and common:
             runs = [by_seed[method][s] for s in common]
             ref_runs = [by_seed[reference][s] for s in common]
-            to_target = np.array([first_reach(c, target, "rollouts") for c in runs])
-            secs = np.array([first_reach(c, target, "seconds") for c in runs])
-            ref_to = np.array([first_reach(c, target, "rollouts") for c in ref_runs])
-            ref_secs = np.array([first_reach(c, target, "seconds") for c in ref_runs])
+            to_target = np.array([reach(c, target, "rollouts") for c in runs])
+            secs = np.array([reach(c, target, "seconds") for c in runs])
+            ref_to = np.array([reach(c, target, "rollouts") for c in ref_runs])
+            ref_secs = np.array([reach(c, target, "seconds") for c in ref_runs])
             m["paired_seeds"] = common
             m["rollouts_ratio"] = bootstrap_ratio(to_target, ref_to).__dict__
+            # Cost per rollout of the runs that ran side by side (same seed, same time).
+            m["seconds_per_rollout_ratio"] = bootstrap_ratio(
+                [c["seconds"][-1] / c["rollouts"][-1] for c in runs],
+                [c["seconds"][-1] / c["rollouts"][-1] for c in ref_runs]).__dict__
             m["seconds_ratio"] = bootstrap_ratio(secs, ref_secs).__dict__
             if per_item:
                 for metric in ("reward", "strict"):
@@ -188,28 +198,32 @@ def fmt_spread(values: list[float], digits: int = 0) -> str:
     v = np.asarray(values, dtype=float)
     reached = v[np.isfinite(v)]
     if len(reached) == 0:
-        return "not reached"
+        return "n/a"
     text = f"{reached.mean():.{digits}f} +- {reached.std():.{digits}f}"
     return text if len(reached) == len(v) else f"{text} ({len(reached)}/{len(v)} reached)"
 
 
 def table(summary: dict) -> str:
     ref = summary["reference"]
+    target = (f"target: {ref}'s final mean test reward, {summary['target_reward']:.3f}"
+              + ("" if summary.get("target_defined", True) else
+                 f" (not above the base model's {summary['base_reward']:.3f}: rollouts to target undefined)"))
     lines = [
-        f"target: {ref}'s final mean test reward, {summary['target_reward']:.3f}; equal-rollout budget "
-        f"{summary['equal_rollouts']:.0f}. Intervals: 95% paired bootstrap over training seeds and test items.",
+        f"{target}; equal-rollout budget {summary['equal_rollouts']:.0f}. "
+        "Intervals: 95% paired bootstrap over training seeds and test items.",
         "",
         "| method | seeds | strict gain over base | reward gain over base | rollouts to target | "
         f"rollouts ratio to {ref} | seconds ratio to {ref} | reward vs {ref} at equal rollouts | "
-        f"strict vs {ref} at equal rollouts | reward AUC vs {ref} |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"strict vs {ref} at equal rollouts | reward AUC vs {ref} | seconds per rollout ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for method, m in summary["methods"].items():
         lines.append(
             f"| {method} | {m['seeds']} | {fmt(m.get('strict_gain'))} | {fmt(m.get('reward_gain'))} | "
             f"{fmt_spread(m['rollouts_to_target'])} | {fmt(m.get('rollouts_ratio'), 2, False)} | "
             f"{fmt(m.get('seconds_ratio'), 2, False)} | {fmt(m.get('reward_vs_reference'))} | "
-            f"{fmt(m.get('strict_vs_reference'))} | {fmt(m.get('reward_auc_vs_reference'))} |")
+            f"{fmt(m.get('strict_vs_reference'))} | {fmt(m.get('reward_auc_vs_reference'))} | "
+            f"{fmt(m.get('seconds_per_rollout_ratio'), 2, False)} |")
     return "\n".join(lines)
 
 

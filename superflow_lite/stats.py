@@ -86,7 +86,7 @@ def bootstrap_ratio(a: np.ndarray, b: np.ndarray, *, resamples: int = DEFAULT_RE
     for k in range(resamples):
         idx = rng.integers(0, len(a), len(a))
         out[k] = a[idx].mean() / b[idx].mean() if b[idx].mean() != 0 else np.nan
-    return _percentiles(out, a.mean() / b.mean(), alpha)
+    return _percentiles(out, a.mean() / b.mean() if b.mean() != 0 else float("nan"), alpha)
 
 
 def bootstrap_mean_diff(a: np.ndarray, b: np.ndarray, **kwargs) -> Interval:

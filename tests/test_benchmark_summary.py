@@ -106,6 +106,15 @@ def test_summary_pairs_methods_by_seed_and_item(bench, tmp_path):
     assert "| fast | 4 |" in text and "flow_grpo" in text
 
 
+def test_a_target_the_base_already_meets_has_no_rollouts_to_target(bench, tmp_path):
+    flat_runs = {m: {0: bench.curve(write_run(tmp_path / m, {0: flat(0.6), 4: flat(0.55)}, 32, 1.0))}
+                 for m in ("flow_grpo", "other")}
+    summary = bench.summarise(flat_runs, "flow_grpo")
+    assert not summary["target_defined"]
+    assert all(math.isnan(v) for v in summary["methods"]["other"]["rollouts_to_target"])
+    assert "undefined" in bench.table(summary)
+
+
 def test_paired_bootstrap_intervals():
     rng = np.random.default_rng(1)
     a = rng.normal(0.0, 1.0, 400)
