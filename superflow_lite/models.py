@@ -93,6 +93,45 @@ def build_component(name: str, config: dict) -> torch.nn.Module:
     raise ValueError(f"unknown pipeline part {name!r}")
 
 
+def sd35m_shaped_config(num_layers: int, dual_layers: int | None = None, pos_embed_max_size: int = 384) -> dict:
+    """SD3.5-Medium's transformer config cut to `num_layers` blocks: the real widths, heads,
+    qk-norm and dual-attention blocks (the first `dual_layers`, default: all but the last, as
+    SD3.5-M's first 13 of 24), the last block context_pre_only as always. For checks that need
+    the real per-block shapes without 2.5 B parameters (CPU tests, the GPU check's smoke mode)."""
+    dual = num_layers - 1 if dual_layers is None else dual_layers
+    return {**SD35_MEDIUM["transformer"], "num_layers": num_layers, "dual_attention_layers": tuple(range(dual)),
+            "pos_embed_max_size": pos_embed_max_size}
+
+
+def quantize_linears(module: torch.nn.Module, quant: str, compute_dtype: torch.dtype, skip: tuple[str, ...] = (),
+                     device: torch.device | str = "cpu") -> torch.nn.Module:
+    """Swap each nn.Linear (but `skip`) for bitsandbytes' int8 or nf4 layer, quantized on `device`.
+
+    What diffusers' from_pretrained(quantization_config=...) does to a checkpoint, for a model
+    built from its config with random weights (the GPU check, CPU tests): no checkpoint to
+    load. Marks the model is_loaded_in_8bit / _4bit so peft wraps the layers with its bnb LoRA."""
+    import bitsandbytes as bnb
+
+    for parent_name, parent in list(module.named_modules()):
+        for name, child in list(parent.named_children()):
+            full = f"{parent_name}.{name}" if parent_name else name
+            if not isinstance(child, torch.nn.Linear) or _is_skipped(LinearSpec(full, 0, 0, False), skip):
+                continue
+            bias = child.bias is not None
+            if quant == "int8":
+                new = bnb.nn.Linear8bitLt(child.in_features, child.out_features, bias, has_fp16_weights=False, device="meta")
+                new.weight = bnb.nn.Int8Params(child.weight.data, requires_grad=False, has_fp16_weights=False)
+            else:
+                new = bnb.nn.Linear4bit(child.in_features, child.out_features, bias, compute_dtype=compute_dtype,
+                                        quant_type="nf4", device="meta")
+                new.weight = bnb.nn.Params4bit(child.weight.data, requires_grad=False, quant_type="nf4")
+            if bias:
+                new.bias = torch.nn.Parameter(child.bias.data.to(compute_dtype), requires_grad=False)
+            setattr(parent, name, new.to(device))
+    module.is_loaded_in_8bit, module.is_loaded_in_4bit = quant == "int8", quant == "nf4"
+    return module
+
+
 def resolve_device(requested: str) -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -266,6 +305,8 @@ def add_lora(transformer: torch.nn.Module, cfg: ModelConfig) -> LoraConfig:
         lora_alpha=cfg.lora_alpha,
         init_lora_weights="gaussian",
         target_modules=list(cfg.lora_targets),
+        # no dead adapters in the exports: they would never train (dead_lora_modules)
+        exclude_modules=dead_lora_modules(dict(transformer.config)) or None,
     )
     transformer.add_adapter(lora_config)
     if cfg.gradient_checkpointing:
@@ -464,10 +505,23 @@ LAYOUTS = {"transformer": transformer_layout, "vae": vae_layout, "text_encoder":
            "text_encoder_2": clip_text_layout, "text_encoder_3": t5_encoder_layout}
 
 
-def lora_tensor_shapes(layout: Layout, targets: list[str], rank: int) -> list[tuple[int, int]]:
-    """(rows, cols) of every LoRA A and B matrix peft creates for `targets` (suffix match)."""
+def dead_lora_modules(transformer_config: dict) -> list[str]:
+    """Modules whose output the transformer never uses, so a LoRA there gets no gradient.
+
+    SD3's last block is context_pre_only: it drops its text stream, so the text queries
+    (attn.add_q_proj) feed only discarded outputs (its text keys and values still reach the
+    image tokens; it has no to_add_out or ff_context). peft's exclude_modules takes these names."""
+    num_layers = transformer_config["num_layers"]
+    return [f"transformer_blocks.{num_layers - 1}.attn.add_q_proj"] if num_layers > 0 else []
+
+
+def lora_tensor_shapes(layout: Layout, targets: list[str], rank: int, exclude: list[str] = ()) -> list[tuple[int, int]]:
+    """(rows, cols) of every LoRA A and B matrix peft creates for `targets` (suffix match),
+    less the `exclude`d module names."""
     shapes = []
     for spec in layout.linears:
+        if spec.name in exclude:
+            continue
         if any(spec.name == t or spec.name.endswith("." + t) for t in targets):
             shapes += [(rank, spec.fan_in), (spec.fan_out, rank)]
     return shapes
