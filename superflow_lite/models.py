@@ -9,6 +9,7 @@ the memory plan, the tests and the GPU benchmark build the real architecture off
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import tempfile
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# The oldest bitsandbytes this code runs with (pyproject's floor; see require_bitsandbytes).
+BITSANDBYTES_MIN = "0.48"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # diffusers' SD3 quantization docs: keep the output projection in high precision.
 SKIP_QUANT_MODULES = ["proj_out"]
@@ -112,15 +115,16 @@ def quantize_linears(module: torch.nn.Module, quant: str, compute_dtype: torch.d
     load. Marks the model is_loaded_in_8bit / _4bit so peft wraps the layers with its bnb LoRA."""
     import bitsandbytes as bnb
 
+    silence_int8_cast_warning()
     for parent_name, parent in list(module.named_modules()):
         for name, child in list(parent.named_children()):
             full = f"{parent_name}.{name}" if parent_name else name
             if not isinstance(child, torch.nn.Linear) or _is_skipped(LinearSpec(full, 0, 0, False), skip):
                 continue
             bias = child.bias is not None
-            if quant == "int8":
+            if quant == "int8":  # Int8Params quantizes when moved from the CPU to the device
                 new = bnb.nn.Linear8bitLt(child.in_features, child.out_features, bias, has_fp16_weights=False, device="meta")
-                new.weight = bnb.nn.Int8Params(child.weight.data, requires_grad=False, has_fp16_weights=False)
+                new.weight = bnb.nn.Int8Params(child.weight.data.cpu(), requires_grad=False, has_fp16_weights=False)
             else:
                 new = bnb.nn.Linear4bit(child.in_features, child.out_features, bias, compute_dtype=compute_dtype,
                                         quant_type="nf4", device="meta")
@@ -128,8 +132,41 @@ def quantize_linears(module: torch.nn.Module, quant: str, compute_dtype: torch.d
             if bias:
                 new.bias = torch.nn.Parameter(child.bias.data.to(compute_dtype), requires_grad=False)
             setattr(parent, name, new.to(device))
+            del child
     module.is_loaded_in_8bit, module.is_loaded_in_4bit = quant == "int8", quant == "nf4"
     return module
+
+
+class _Int8CastFilter(logging.Filter):
+    """Drops bitsandbytes' "MatMul8bitLt: inputs will be cast from ... to float16" record.
+
+    bitsandbytes 0.45-0.50 logs it through its logger on every int8 matmul (about 390 lines
+    per SD3.5-M forward): LLM.int8 quantizes its input through float16 by design, so the
+    line says nothing a run can act on. Only that message of that logger is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("MatMul8bitLt: inputs will be cast")
+
+
+INT8_CAST_LOGGER = "bitsandbytes.autograd._functions"
+
+
+def silence_int8_cast_warning() -> None:
+    """Install _Int8CastFilter on bitsandbytes' matmul logger once (idempotent)."""
+    logger = logging.getLogger(INT8_CAST_LOGGER)
+    if not any(isinstance(f, _Int8CastFilter) for f in logger.filters):
+        logger.addFilter(_Int8CastFilter())
+
+
+@contextlib.contextmanager
+def adapters_disabled(model: torch.nn.Module):
+    """The base model inside the block (LoRA off), the adapters back on however it is left:
+    an out-of-memory error in the reference pass must not leave the retried step without LoRA."""
+    model.disable_adapters()
+    try:
+        yield model
+    finally:
+        model.enable_adapters()
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -148,9 +185,17 @@ def require_bitsandbytes(purpose: str) -> None:
     except Exception as err:  # ImportError, or a broken native library raising at import
         raise ModelUnavailable(
             f"{purpose} needs bitsandbytes, which is unusable here ({type(err).__name__}: {err}). "
-            "Install it with `pip install 'bitsandbytes>=0.45'` (CUDA builds ship in the wheel), or choose "
+            "Install it with `pip install 'bitsandbytes>=0.48'` (CUDA builds ship in the wheel), or choose "
             "model.transformer_quant=none, model.text_encoder_3=offload and train.optimizer=adamw."
         ) from None
+    from packaging.version import Version
+
+    if Version(bnb.__version__.split("+")[0]) < Version(BITSANDBYTES_MIN):
+        # diffusers refuses .to() on 8-bit models below 0.48, and accelerate's prepare() calls it
+        raise ModelUnavailable(
+            f"{purpose} needs bitsandbytes >= {BITSANDBYTES_MIN}, found {bnb.__version__}: "
+            f"`pip install -U 'bitsandbytes>={BITSANDBYTES_MIN}'`, or choose model.transformer_quant=none, "
+            "model.text_encoder_3=offload and train.optimizer=adamw.")
 
 
 def bitsandbytes_needs(cfg: ModelConfig) -> list[str]:
@@ -186,6 +231,8 @@ def load_pipeline(cfg: ModelConfig, device: torch.device) -> StableDiffusion3Pip
 
     for purpose in bitsandbytes_needs(cfg):
         require_bitsandbytes(purpose)
+    if bitsandbytes_needs(cfg):
+        silence_int8_cast_warning()
     dtype = DTYPES[cfg.dtype]
     if cfg.name_or_path == "world":
         pipe = _load_world(cfg, dtype, device)
