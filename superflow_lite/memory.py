@@ -15,8 +15,9 @@ phases:  transient bytes of encoding new prompts, of one sampling micro-batch (t
          the micro-batch inputs are counted from their shapes.
 Choice: R first (up to prompts_per_iter * m_max, at least prompts_per_iter * m_min), then the
 largest micro-batches up to the configured ones that keep the peak within the budget
-(the card less HEADROOM). All figures are predictions until benchmarks/gpu_memory.py has
-run on a GPU (docs/MEMORY.md).
+(the card less HEADROOM). All figures are predictions until benchmarks/gpu_check.py has
+run on a GPU (docs/MEMORY.md). bitsandbytes' int8 layers keep their inputs for backward
+outside autograd's saved tensors (int8_saved_input_elements): counted from the config.
 """
 from __future__ import annotations
 
