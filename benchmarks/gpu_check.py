@@ -102,7 +102,9 @@ def build(part: str, smoke: bool, device, dtype=torch.bfloat16) -> torch.nn.Modu
             module = build_component(part, configs(smoke)[part])
     finally:
         torch.set_default_dtype(previous)
-    return module.requires_grad_(False).eval()
+    # float buffers built in float32 regardless (SD3's positional table) take the part's dtype,
+    # as from_pretrained(torch_dtype=...) gives them
+    return module.to(dtype).requires_grad_(False).eval()
 
 
 def build_transformer(smoke: bool, quant: str, device, lora_rank: int = 32) -> torch.nn.Module:
@@ -363,8 +365,10 @@ def step_preset(preset: str, smoke: bool, device) -> dict:
     # CPU only: an eval forward repacks bitsandbytes' nf4 weights for an inference-only kernel
     # (no autograd after it); the smoke keeps nf4 in train mode. CUDA runs as the trainer: eval.
     tr.train() if (not cuda and m.transformer_quant == "nf4") else tr.eval()
+    x = torch.randn(b_s, c.in_channels, side, side, device=device)
+    if cuda:  # one warm-up step: kernel selection and cuBLAS set-up are not an iteration's time
+        sample_step(tr, x, rep(b_s), rep(b_s), g)
     with Phase(device) as ph:
-        x = torch.randn(b_s, c.in_channels, side, side, device=device)
         x = sample_step(tr, x, rep(b_s), rep(b_s), g)
     record["sample_step"] = _phase_record(ph)
     with Phase(device) as ph:
@@ -373,9 +377,12 @@ def step_preset(preset: str, smoke: bool, device) -> dict:
             score(reward, images)
     record["decode_and_score"] = _phase_record(ph)
     del images, x
+    x = torch.randn(b_t, c.in_channels, side, side, device=device)
+    unc = rep(b_t) if cfg.train.cfg_in_training else None
+    if cuda:  # warm-up, as for sampling; its peak is in max_reserved_gib below
+        train_step(tr, x, rep(b_t), unc, g, cfg.train.kl_beta)
     with Phase(device) as ph:
-        x = torch.randn(b_t, c.in_channels, side, side, device=device)
-        train_step(tr, x, rep(b_t), rep(b_t) if cfg.train.cfg_in_training else None, g, cfg.train.kl_beta)
+        train_step(tr, x, rep(b_t), unc, g, cfg.train.kl_beta)
         opt.step()
         opt.zero_grad(set_to_none=False)
     record["train_micro_batch_step"] = _phase_record(ph)
