@@ -463,7 +463,7 @@ def format_plan(cfg: Config, plan: MemoryPlan | None = None) -> str:
         "", f"rollout buffer: R = {plan.rollout_cap} rollouts x {plan.rollout_bytes / 1e6:.2f} MB on {plan.buffer_device}"
         + ("" if plan.buffer_device == "gpu" else " (pinned host memory)"),
         f"  {'on the GPU':56s}{g(plan.buffer)}  [counted]",
-        "", f"{'transient peaks (x' + format(1 + plan.margin, '.2f') + ' allocator margin, assumed)':46s}micro-batch    GiB",
+        "", f"{'transient peaks (x' + format(1 + plan.margin, '.2f') + ' margin, assumed)':46s}micro-batch    GiB",
     ]
     heads = {"encode": f"encode new prompts ({cfg.superflow.prompts_per_iter} + the empty one)",
              "sample": f"sample (CFG x2, VAE {cfg.memory.vae_decode}, reward {cfg.reward.device})",
