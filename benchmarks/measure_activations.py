@@ -318,12 +318,64 @@ def tracker_check() -> dict:
     return {"real_bytes": real_peak, "fake_bytes": fake_peak}
 
 
+def int8_kept_check(shapes=((1, 64, 32), (2, 16, 32))) -> list[dict]:
+    """Bytes bitsandbytes' int8 layers keep from the forward to the backward under gradient
+    checkpointing, on real tensors: live bytes at the end of the forward of a 4-block
+    SD3.5-M-shaped transformer (real widths; blocks: dual, dual, single, context_pre_only) in
+    int8 minus the same in bf16, against memory.int8_saved_input_elements. shapes: (rows,
+    image tokens, text tokens). CPU, eval mode (MatMul8bitLt, as the trainer runs it)."""
+    import logging
+
+    from peft import LoraConfig
+
+    from superflow_lite import memory, models
+
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    config = models.sd35m_shaped_config(4, dual_layers=2, pos_embed_max_size=16)
+    live = {}
+    for quant in ("none", "int8"):
+        torch.manual_seed(0)
+        with torch.device("meta"):
+            tr = models.build_component("transformer", config)
+        tr = tr.to_empty(device="cpu").to(DTYPE)
+        for p in tr.parameters():
+            p.data.normal_(0, 0.02)
+        if quant != "none":
+            models.quantize_linears(tr, quant, DTYPE, tuple(models.SKIP_QUANT_MODULES))
+        tr.requires_grad_(False)
+        tr.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=LORA_TARGETS,
+                                  exclude_modules=models.dead_lora_modules(config)))
+        for p in tr.parameters():
+            if p.requires_grad:
+                p.data = p.data.float()
+        tr.enable_gradient_checkpointing()
+        tr.eval()
+        for rows, n_img, n_txt in shapes:
+            side = 2 * int(n_img ** 0.5)
+            x = torch.randn(rows, 16, side, side, dtype=DTYPE)
+            kwargs = dict(timestep=torch.full((rows,), 500.0), encoder_hidden_states=torch.randn(rows, n_txt, 4096, dtype=DTYPE),
+                          pooled_projections=torch.randn(rows, 2048, dtype=DTYPE), return_dict=False)
+            with LiveBytes() as lb:
+                out = tr(hidden_states=x, **kwargs)[0]
+                live[quant, rows, n_img, n_txt] = lb.live
+                out.float().pow(2).mean().backward()
+    return [{"rows": r, "n_img": i, "n_txt": t, "measured_bytes": live["int8", r, i, t] - live["none", r, i, t],
+             "law_bytes": 2 * memory.int8_saved_input_elements(config, i, t, r)} for r, i, t in shapes]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="only compare the tracker on real vs fake tensors")
+    parser.add_argument("--int8", action="store_true", help="only compare the int8 kept inputs with the counted law")
     parser.add_argument("--out", default=str(OUT))
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    if args.int8:
+        points = int8_kept_check()
+        for p in points:
+            print(f"int8 kept inputs, rows {p['rows']}, {p['n_img']}+{p['n_txt']} tokens: "
+                  f"measured {p['measured_bytes']} B, law {p['law_bytes']} B")
+        return 0 if all(p["measured_bytes"] == p["law_bytes"] for p in points) else 1
     check = tracker_check()
     print(f"tracker check: real {check['real_bytes']} B, fake {check['fake_bytes']} B", flush=True)
     if check["real_bytes"] != check["fake_bytes"]:

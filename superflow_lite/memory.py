@@ -15,8 +15,9 @@ phases:  transient bytes of encoding new prompts, of one sampling micro-batch (t
          the micro-batch inputs are counted from their shapes.
 Choice: R first (up to prompts_per_iter * m_max, at least prompts_per_iter * m_min), then the
 largest micro-batches up to the configured ones that keep the peak within the budget
-(the card less HEADROOM). All figures are predictions until benchmarks/gpu_memory.py has
-run on a GPU (docs/MEMORY.md).
+(the card less HEADROOM). All figures are predictions until benchmarks/gpu_check.py has
+run on a GPU (docs/MEMORY.md). bitsandbytes' int8 layers keep their inputs for backward
+outside autograd's saved tensors (int8_saved_input_elements): counted from the config.
 """
 from __future__ import annotations
 
@@ -92,6 +93,28 @@ def transformer_variant(cfg: Config) -> str:
 
 # ----------------------------------------------------------------------------- the plan
 
+# What each term of a plan rests on; `--plan` prints it beside every term.
+BASES = {
+    "exact": "parameter arithmetic of the real configs (equal to meta-device builds, tests)",
+    "measured": "a law fitted to CPU measurements of the real architecture (FakeTensor accounting)",
+    "counted": "tensor shapes (the int8 kept inputs: checked exactly against real-width blocks on the CPU)",
+    "assumed": "not measurable without a GPU",
+}
+
+
+class Terms(dict):
+    """name -> bytes, and beside it the basis of each term (a key of BASES)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.basis: dict[str, str] = {}
+
+    def add(self, name: str, nbytes: int, basis: str) -> None:
+        assert basis in BASES, basis
+        self[name] = int(nbytes)
+        self.basis[name] = basis
+
+
 
 @dataclass
 class MemoryPlan:
@@ -102,14 +125,14 @@ class MemoryPlan:
     card_gib: float
     card_source: str
     budget: int
-    static: dict[str, int]
+    static: Terms
     rollout_bytes: int
     rollout_cap: int
     buffer: int
     buffer_device: str
     sample_micro_batch: int
     train_micro_batch: int
-    phases: dict[str, dict[str, int]]
+    phases: dict[str, Terms]
     margin: float
     notes: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
@@ -144,6 +167,7 @@ class _Model:
     n_img: int
     n_txt: int
     latent_bytes: int  # one latent x_t in float32
+    transformer_config: dict
 
 
 def _model_facts(cfg: Config) -> _Model:
@@ -157,7 +181,7 @@ def _model_facts(cfg: Config) -> _Model:
             parts = {"transformer": world.build_transformer(), "vae": world.build_vae()}
             parts.update(zip(("text_encoder", "text_encoder_2", "text_encoder_3"), world.build_text_encoders()))
         layouts = {k: models.layout_of_module(v) for k, v in parts.items()}
-        tc, vc = parts["transformer"].config, parts["vae"].config
+        tc, vc = dict(parts["transformer"].config), parts["vae"].config
         source = "the built-in tiny world (activation terms scaled from SD3.5-M, not measured)"
     else:
         configs, source = dict(models.SD35_MEDIUM), f"SD3.5-Medium's published configs ({cfg.model.name_or_path})"
@@ -181,7 +205,7 @@ def _model_facts(cfg: Config) -> _Model:
         from .world.tokenizers import CLIP_MAX_LENGTH
 
         n_txt = CLIP_MAX_LENGTH + cfg.sampling.max_sequence_length
-    return _Model(layouts, source, act_scale, n_img, n_txt, tc["in_channels"] * side * side * 4)
+    return _Model(layouts, source, act_scale, n_img, n_txt, tc["in_channels"] * side * side * 4, tc)
 
 
 def _device(cfg: Config) -> str:
@@ -216,32 +240,35 @@ def _static_terms(cfg: Config, m: _Model, device: str) -> dict[str, int]:
     L = m.layouts
     q = cfg.model.transformer_quant
     name = f"transformer {q if q != 'none' else dt}" + (" (proj_out " + dt + ")" if q != "none" else "")
-    terms = {name: models.layout_nbytes(L["transformer"], db, q, tuple(models.SKIP_QUANT_MODULES))}
-    shapes = models.lora_tensor_shapes(L["transformer"], cfg.model.lora_targets, cfg.model.lora_rank)
+    terms = Terms()
+    terms.add(name, models.layout_nbytes(L["transformer"], db, q, tuple(models.SKIP_QUANT_MODULES)), "exact")
+    shapes = models.lora_tensor_shapes(L["transformer"], cfg.model.lora_targets, cfg.model.lora_rank,
+                                       models.dead_lora_modules(m.transformer_config))
     n_lora = sum(r * c for r, c in shapes)
-    terms[f"LoRA r={cfg.model.lora_rank} weights fp32 ({n_lora / 1e6:.1f} M)"] = 4 * n_lora
-    terms["LoRA gradients fp32"] = 4 * n_lora
+    terms.add(f"LoRA r={cfg.model.lora_rank} weights fp32 ({n_lora / 1e6:.1f} M)", 4 * n_lora, "exact")
+    terms.add("LoRA gradients fp32", 4 * n_lora, "exact")
     if cfg.train.optimizer == "adamw8bit":  # bnb: uint8 states + a float32 absmax per 256; < 4096 elements stay 32-bit
-        terms["optimizer AdamW8bit states"] = sum(2 * n + 8 * math.ceil(n / 256) if n >= 4096 else 8 * n
-                                                  for n in (r * c for r, c in shapes))
+        terms.add("optimizer AdamW8bit states", sum(2 * n + 8 * math.ceil(n / 256) if n >= 4096 else 8 * n
+                                                    for n in (r * c for r, c in shapes)), "exact")
     else:
-        terms["optimizer AdamW states fp32"] = 8 * n_lora
+        terms.add("optimizer AdamW states fp32", 8 * n_lora, "exact")
     for part, label in (("text_encoder", "CLIP-L"), ("text_encoder_2", "CLIP-G")):
         if cfg.model.clip_encoders == "resident":
-            terms[f"{label} text {dt}"] = models.layout_nbytes(L[part], db)
+            terms.add(f"{label} text {dt}", models.layout_nbytes(L[part], db), "exact")
     t5 = cfg.model.text_encoder_3
     if t5 == "resident":
-        terms[f"T5-XXL encoder {dt}"] = models.layout_nbytes(L["text_encoder_3"], db)
+        terms.add(f"T5-XXL encoder {dt}", models.layout_nbytes(L["text_encoder_3"], db), "exact")
     elif t5 == "resident_8bit":
-        terms[f"T5-XXL encoder int8 (wo {dt})"] = models.layout_nbytes(L["text_encoder_3"], db, "int8", text_encoders.T5_INT8_SKIP)
-    terms[f"VAE {dt}"] = models.layout_nbytes(L["vae"], db)
+        terms.add(f"T5-XXL encoder int8 (wo {dt})",
+                  models.layout_nbytes(L["text_encoder_3"], db, "int8", text_encoders.T5_INT8_SKIP), "exact")
+    terms.add(f"VAE {dt}", models.layout_nbytes(L["vae"], db), "exact")
     for reward in _gpu_rewards(cfg):
         spec = measurements()["rewards"][REWARD_MODELS[reward][0]]
         params = spec["vision_params"] if REWARD_MODELS[reward][1] else spec["params"]
         params += measurements()["rewards"]["aesthetic_head_params"] if reward == "aesthetic" else 0
-        terms[f"reward {reward} fp16"] = 2 * params
+        terms.add(f"reward {reward} fp16", 2 * params, "exact")
     if device == "cuda":
-        terms["CUDA context + workspaces (assumed)"] = CUDA_CONTEXT_BYTES
+        terms.add("CUDA context + workspaces", CUDA_CONTEXT_BYTES, "assumed")
     return terms
 
 
@@ -269,6 +296,35 @@ def _quant_scratch(cfg: Config, m: _Model, tokens: int, backward: bool) -> int:
     return int8_scratch(big, tokens) + (2 * big.fan_in * big.fan_out if backward else 0)
 
 
+def int8_saved_input_elements(tc: dict, n_img: int, n_txt: int, rows: int) -> int:
+    """Elements of the 8-bit Linears' inputs that bitsandbytes keeps alive until backward, for
+    `rows` sequences of n_img image and n_txt text tokens through an SD3 transformer config tc.
+
+    MatMul8bitLt (bitsandbytes 0.45-0.50) stores its input on ctx.tensors, outside
+    save_for_backward, whenever that input requires grad; torch's non-reentrant checkpointing
+    (diffusers' default) only intercepts save_for_backward, so these inputs stay alive from the
+    forward to the backward under checkpointing too. Which inputs require grad follows from
+    the LoRA on block 0's joint attention (the default targets): the AdaLayerNorm modulation
+    (fed by the timestep alone) never does; block 0's own q/k/v inputs and its second
+    attention do not yet. Unique storages per row, in units of the width D:
+      block 0           joint attention output (to_out.0 + to_add_out read slices of it) Ni+Nt,
+                        ff 5*Ni (net.0.proj input Ni, net.2 input 4*Ni), ff_context 5*Nt
+      block i > 0       + q/k/v input Ni, add_q/k/v input Nt, dual blocks: attn2 q/k/v Ni + out Ni
+      last block        no ff_context, no to_add_out: the joint output is kept whole at one
+                        row (a contiguous slice is a view), only its Ni rows at more (a copy)
+    Exact against real-width blocks on the CPU (benchmarks/measure_activations.py --int8).
+    """
+    num_layers, dual = tc["num_layers"], set(tc.get("dual_attention_layers") or ())
+    width = tc["num_attention_heads"] * tc["attention_head_dim"]
+    per_row = 0
+    for i in range(num_layers):
+        last = i == num_layers - 1
+        per_row += (n_img + n_txt if not last or rows == 1 else n_img) + 5 * n_img + (0 if last else 5 * n_txt)
+        if i > 0:
+            per_row += n_img + n_txt + (2 * n_img if i in dual else 0)
+    return rows * per_row * width
+
+
 def int8_scratch(spec, tokens: int) -> int:
     """LLM.int8 forward beside a bf16 matmul: fp16 + int8 copies of the input, int32 accumulator."""
     return tokens * (3 * spec.fan_in + 4 * spec.fan_out)
@@ -291,32 +347,41 @@ def _phases(cfg: Config, m: _Model, rows_sample: int, rows_train: int) -> dict[s
     side = min(res, 512) if cfg.memory.vae_decode == "tiled" else res
     decode = m.act_scale["vae"] * law(meas["vae_decode"], pixels=vae_rows * side * side)
     decode += rows_sample * 3 * res * res * 4 if cfg.memory.vae_decode == "tiled" else 0  # the assembled output
-    sample = {"inputs: embeddings + trajectory": rows_sample * (embeds + 2 * rollout),
-              "transformer forward or VAE decode": int(max(forward, decode))}
+    sample = Terms()
+    sample.add("inputs: embeddings + trajectory", rows_sample * (embeds + 2 * rollout), "counted")
+    sample.add("transformer forward or VAE decode", int(max(forward, decode)), "measured")
     for reward in _gpu_rewards(cfg):
-        sample[f"reward {reward} (beside sampling)"] = int(law(meas["rewards"][REWARD_MODELS[reward][0]], rows=rows_sample))
+        sample.add(f"reward {reward} (beside sampling)", int(law(meas["rewards"][REWARD_MODELS[reward][0]], rows=rows_sample)),
+                   "measured")
 
     seqs = rows_train * cfg_train
     act = sc * law(variants[transformer_variant(cfg)], seq_img=seqs * m.n_img, seq_txt=seqs * m.n_txt)
-    act += _quant_scratch(cfg, m, seqs * (m.n_img + m.n_txt), backward=True)
-    train = {"inputs: embeddings + rollouts": rows_train * (embeds + rollout), "forward + backward": int(act)}
+    train = Terms()
+    train.add("inputs: embeddings + rollouts", rows_train * (embeds + rollout), "counted")
+    train.add("forward + backward", int(act), "measured")
+    if cfg.model.transformer_quant == "int8":  # kept with or without checkpointing (an upper bound without)
+        kept = int8_saved_input_elements(m.transformer_config, m.n_img, m.n_txt, seqs) * DTYPE_BYTES[cfg.model.dtype]
+        train.add("int8: Linear inputs kept for backward", kept, "counted")
+    if cfg.model.transformer_quant != "none":
+        train.add("bitsandbytes scratch", _quant_scratch(cfg, m, seqs * (m.n_img + m.n_txt), backward=True), "counted")
 
     prompts = cfg.superflow.prompts_per_iter + 1  # + the empty prompt
     enc = meas["encoders"]
-    encode = {"CLIP-L + CLIP-G": int(law(enc["clip"], rows=prompts))}
+    encode = Terms()
+    encode.add("CLIP-L + CLIP-G", int(law(enc["clip"], rows=prompts)), "measured")
     if cfg.model.text_encoder_3 != "drop":
         L = s.max_sequence_length
-        encode["T5"] = int(law(enc["t5"], tokens=prompts * L, tokens_sq=prompts * L * L, length_sq=L * L))
+        encode.add("T5", int(law(enc["t5"], tokens=prompts * L, tokens_sq=prompts * L * L, length_sq=L * L)), "measured")
         if cfg.model.text_encoder_3 == "resident_8bit":
             from . import models, text_encoders
 
             big = models.largest_linear(m.layouts["text_encoder_3"], text_encoders.T5_INT8_SKIP)
-            encode["T5 int8 scratch"] = int8_scratch(big, prompts * L)
+            encode.add("T5 int8 scratch", int8_scratch(big, prompts * L), "counted")
     streamed = [p for p, on in (("text_encoder", cfg.model.clip_encoders == "offload"),
                                 ("text_encoder_2", cfg.model.clip_encoders == "offload"),
                                 ("text_encoder_3", cfg.model.text_encoder_3 == "offload")) if on]
     if streamed:
-        encode["streamed layer"] = max(m.layouts[p].largest_module for p in streamed) * DTYPE_BYTES[cfg.model.dtype]
+        encode.add("streamed layer", max(m.layouts[p].largest_module for p in streamed) * DTYPE_BYTES[cfg.model.dtype], "exact")
     return {"encode": encode, "sample": sample, "train": train}
 
 
@@ -391,15 +456,15 @@ def format_plan(cfg: Config, plan: MemoryPlan | None = None) -> str:
     lines = [
         f"Memory plan: preset {plan.preset}, {s.resolution} px, {s.num_steps} steps, on {plan.device}",
         f"budget {plan.budget / GIB:.2f} GiB = {1 - HEADROOM:.0%} of {plan.card_gib:.2f} GiB ({plan.card_source})",
-        "PREDICTED: parameter bytes are exact; activation terms are laws fitted to FakeTensor measurements of",
-        "the real architecture (benchmarks/activation_measurements.json); nothing here was measured on a GPU.",
+        "PREDICTED: nothing here was measured on a GPU. Each term says what it rests on:",
+        *[f"  [{k}] {v}" for k, v in BASES.items()],
         "", f"{'static (held all run)':58s}    GiB",
-        *[f"  {k:56s}{g(v)}" for k, v in plan.static.items()],
+        *[f"  {k:56s}{g(v)}  [{plan.static.basis.get(k, '')}]" for k, v in plan.static.items()],
         f"  {'total':56s}{g(plan.static_bytes)}",
         "", f"rollout buffer: R = {plan.rollout_cap} rollouts x {plan.rollout_bytes / 1e6:.2f} MB on {plan.buffer_device}"
         + ("" if plan.buffer_device == "gpu" else " (pinned host memory)"),
-        f"  {'on the GPU':56s}{g(plan.buffer)}",
-        "", f"{'transient peaks (x' + format(1 + plan.margin, '.2f') + ' allocator margin)':46s}micro-batch    GiB",
+        f"  {'on the GPU':56s}{g(plan.buffer)}  [counted]",
+        "", f"{'transient peaks (x' + format(1 + plan.margin, '.2f') + ' margin, assumed)':46s}micro-batch    GiB",
     ]
     heads = {"encode": f"encode new prompts ({cfg.superflow.prompts_per_iter} + the empty one)",
              "sample": f"sample (CFG x2, VAE {cfg.memory.vae_decode}, reward {cfg.reward.device})",
@@ -408,7 +473,7 @@ def format_plan(cfg: Config, plan: MemoryPlan | None = None) -> str:
     mb = {"encode": "-", "sample": str(plan.sample_micro_batch), "train": str(plan.train_micro_batch)}
     for phase, terms in plan.phases.items():
         lines.append(f"  {heads[phase]:50s}{mb[phase]:>6s}{g(plan.phase_bytes(phase))}")
-        lines += [f"      {k:46s}{'':6s}{g(v)}" for k, v in terms.items()]
+        lines += [f"      {k:46s}{'':6s}{g(v)}  [{terms.basis.get(k, '')}]" for k, v in terms.items()]
     lines += ["", f"predicted peak: {plan.peak_bytes / GIB:.2f} GiB in {plan.peak_phase} "
               f"({plan.peak_bytes / (plan.card_gib * GIB):.0%} of {plan.card_gib:.2f} GiB); rollout cap R = {plan.rollout_cap}; "
               f"micro-batches sample {plan.sample_micro_batch}, train {plan.train_micro_batch}"]
@@ -420,9 +485,17 @@ def format_plan(cfg: Config, plan: MemoryPlan | None = None) -> str:
 # ----------------------------------------------------------------------------- run time
 
 
+# Allocation failures inside CUDA libraries reach Python as a plain RuntimeError whose text
+# names the library's status, not "out of memory" (cuBLAS handles and workspaces, cuDNN
+# workspaces); a smaller micro-batch needs smaller workspaces, so they are retried too.
+OOM_MARKERS = ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED",
+               "CUDNN_STATUS_NOT_ENOUGH_WORKSPACE", "cudaErrorMemoryAllocation", "CUFFT_ALLOC_FAILED")
+
+
 def is_oom(err: BaseException) -> bool:
-    """A CUDA (or other accelerator) out-of-memory error."""
-    return isinstance(err, torch.OutOfMemoryError) or (isinstance(err, RuntimeError) and "out of memory" in str(err))
+    """A CUDA (or other accelerator) out-of-memory error, from torch's allocator or a CUDA library."""
+    return isinstance(err, torch.OutOfMemoryError) or (
+        isinstance(err, RuntimeError) and any(marker in str(err) for marker in OOM_MARKERS))
 
 
 def free_cached_memory() -> None:
@@ -450,6 +523,49 @@ def retry_on_oom(fn: Callable[[int], T], micro_batch: int, log: logging.Logger, 
         failed, size = size, size // 2
         free_cached_memory()
         log.warning("%s: out of memory at micro-batch %d; retrying at %d", what, failed, size)
+
+
+def score_halving_on_oom(reward, images: list, prompts: list, metadata: list | None, log: logging.Logger | None = None):
+    """reward(images, prompts, metadata); on out-of-memory, free the cache and score each half
+    apart (recursively, down to one image), concatenating the outputs in order.
+
+    The reward runs on the scorer's thread beside sampling: its peak adds to the sampler's,
+    and an OOM there would otherwise end the run from a worker thread. One image that does
+    not fit propagates the error."""
+    try:
+        return reward(images, prompts, metadata)
+    except Exception as err:
+        if not is_oom(err) or len(images) <= 1:
+            raise
+    free_cached_memory()
+    half = len(images) // 2
+    (log or logging.getLogger("superflow_lite")).warning(
+        "reward %s: out of memory on %d images; scoring %d and %d", getattr(reward, "name", "?"), len(images),
+        half, len(images) - half)
+    parts = [score_halving_on_oom(reward, images[a:b], prompts[a:b], None if metadata is None else metadata[a:b], log)
+             for a, b in ((0, half), (half, len(images)))]
+    import numpy as np
+
+    out = parts[0]
+    out.scores = np.concatenate([p.scores for p in parts])
+    out.extras = {k: np.concatenate([p.extras[k] for p in parts]) for k in parts[0].extras}
+    return out
+
+
+def agree_micro_batch(micro_batch: int, accelerator) -> int:
+    """The smallest micro-batch of all processes (an all-reduce min; itself with one process).
+
+    retry_on_oom halves the micro-batch of the process that ran out of memory only; the
+    others would go on at the larger size, sharding the same work into different numbers of
+    forward/backward calls. Agreeing at each iteration's start keeps every rank at the size
+    the tightest one can hold. (An OOM inside the synchronising backward itself cannot be
+    retried on one rank while the others wait in the gradient all-reduce: the plan's headroom
+    is what guards that.)"""
+    if accelerator.num_processes == 1:
+        return micro_batch
+    t = torch.tensor([micro_batch], device=accelerator.device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)  # accelerate's reduce has no min
+    return int(t.item())
 
 
 def to_rollout_buffer(t: torch.Tensor, buffer_device: torch.device) -> torch.Tensor:

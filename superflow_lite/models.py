@@ -9,6 +9,7 @@ the memory plan, the tests and the GPU benchmark build the real architecture off
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import tempfile
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# The oldest bitsandbytes this code runs with (pyproject's floor; see require_bitsandbytes).
+BITSANDBYTES_MIN = "0.48"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # diffusers' SD3 quantization docs: keep the output projection in high precision.
 SKIP_QUANT_MODULES = ["proj_out"]
@@ -93,6 +96,79 @@ def build_component(name: str, config: dict) -> torch.nn.Module:
     raise ValueError(f"unknown pipeline part {name!r}")
 
 
+def sd35m_shaped_config(num_layers: int, dual_layers: int | None = None, pos_embed_max_size: int = 384) -> dict:
+    """SD3.5-Medium's transformer config cut to `num_layers` blocks: the real widths, heads,
+    qk-norm and dual-attention blocks (the first `dual_layers`, default: all but the last, as
+    SD3.5-M's first 13 of 24), the last block context_pre_only as always. For checks that need
+    the real per-block shapes without 2.5 B parameters (CPU tests, the GPU check's smoke mode)."""
+    dual = num_layers - 1 if dual_layers is None else dual_layers
+    return {**SD35_MEDIUM["transformer"], "num_layers": num_layers, "dual_attention_layers": tuple(range(dual)),
+            "pos_embed_max_size": pos_embed_max_size}
+
+
+def quantize_linears(module: torch.nn.Module, quant: str, compute_dtype: torch.dtype, skip: tuple[str, ...] = (),
+                     device: torch.device | str = "cpu") -> torch.nn.Module:
+    """Swap each nn.Linear (but `skip`) for bitsandbytes' int8 or nf4 layer, quantized on `device`.
+
+    What diffusers' from_pretrained(quantization_config=...) does to a checkpoint, for a model
+    built from its config with random weights (the GPU check, CPU tests): no checkpoint to
+    load. Marks the model is_loaded_in_8bit / _4bit so peft wraps the layers with its bnb LoRA."""
+    import bitsandbytes as bnb
+
+    silence_int8_cast_warning()
+    for parent_name, parent in list(module.named_modules()):
+        for name, child in list(parent.named_children()):
+            full = f"{parent_name}.{name}" if parent_name else name
+            if not isinstance(child, torch.nn.Linear) or _is_skipped(LinearSpec(full, 0, 0, False), skip):
+                continue
+            bias = child.bias is not None
+            if quant == "int8":  # Int8Params quantizes when moved from the CPU to the device
+                new = bnb.nn.Linear8bitLt(child.in_features, child.out_features, bias, has_fp16_weights=False, device="meta")
+                new.weight = bnb.nn.Int8Params(child.weight.data.cpu(), requires_grad=False, has_fp16_weights=False)
+            else:
+                new = bnb.nn.Linear4bit(child.in_features, child.out_features, bias, compute_dtype=compute_dtype,
+                                        quant_type="nf4", device="meta")
+                new.weight = bnb.nn.Params4bit(child.weight.data, requires_grad=False, quant_type="nf4")
+            if bias:
+                new.bias = torch.nn.Parameter(child.bias.data.to(compute_dtype), requires_grad=False)
+            setattr(parent, name, new.to(device))
+            del child
+    module.is_loaded_in_8bit, module.is_loaded_in_4bit = quant == "int8", quant == "nf4"
+    return module
+
+
+class _Int8CastFilter(logging.Filter):
+    """Drops bitsandbytes' "MatMul8bitLt: inputs will be cast from ... to float16" record.
+
+    bitsandbytes 0.45-0.50 logs it through its logger on every int8 matmul (about 390 lines
+    per SD3.5-M forward): LLM.int8 quantizes its input through float16 by design, so the
+    line says nothing a run can act on. Only that message of that logger is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("MatMul8bitLt: inputs will be cast")
+
+
+INT8_CAST_LOGGER = "bitsandbytes.autograd._functions"
+
+
+def silence_int8_cast_warning() -> None:
+    """Install _Int8CastFilter on bitsandbytes' matmul logger once (idempotent)."""
+    logger = logging.getLogger(INT8_CAST_LOGGER)
+    if not any(isinstance(f, _Int8CastFilter) for f in logger.filters):
+        logger.addFilter(_Int8CastFilter())
+
+
+@contextlib.contextmanager
+def adapters_disabled(model: torch.nn.Module):
+    """The base model inside the block (LoRA off), the adapters back on however it is left:
+    an out-of-memory error in the reference pass must not leave the retried step without LoRA."""
+    model.disable_adapters()
+    try:
+        yield model
+    finally:
+        model.enable_adapters()
+
+
 def resolve_device(requested: str) -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -109,9 +185,17 @@ def require_bitsandbytes(purpose: str) -> None:
     except Exception as err:  # ImportError, or a broken native library raising at import
         raise ModelUnavailable(
             f"{purpose} needs bitsandbytes, which is unusable here ({type(err).__name__}: {err}). "
-            "Install it with `pip install 'bitsandbytes>=0.45'` (CUDA builds ship in the wheel), or choose "
+            "Install it with `pip install 'bitsandbytes>=0.48'` (CUDA builds ship in the wheel), or choose "
             "model.transformer_quant=none, model.text_encoder_3=offload and train.optimizer=adamw."
         ) from None
+    from packaging.version import Version
+
+    if Version(bnb.__version__.split("+")[0]) < Version(BITSANDBYTES_MIN):
+        # diffusers refuses .to() on 8-bit models below 0.48, and accelerate's prepare() calls it
+        raise ModelUnavailable(
+            f"{purpose} needs bitsandbytes >= {BITSANDBYTES_MIN}, found {bnb.__version__}: "
+            f"`pip install -U 'bitsandbytes>={BITSANDBYTES_MIN}'`, or choose model.transformer_quant=none, "
+            "model.text_encoder_3=offload and train.optimizer=adamw.")
 
 
 def bitsandbytes_needs(cfg: ModelConfig) -> list[str]:
@@ -147,6 +231,8 @@ def load_pipeline(cfg: ModelConfig, device: torch.device) -> StableDiffusion3Pip
 
     for purpose in bitsandbytes_needs(cfg):
         require_bitsandbytes(purpose)
+    if bitsandbytes_needs(cfg):
+        silence_int8_cast_warning()
     dtype = DTYPES[cfg.dtype]
     if cfg.name_or_path == "world":
         pipe = _load_world(cfg, dtype, device)
@@ -266,6 +352,8 @@ def add_lora(transformer: torch.nn.Module, cfg: ModelConfig) -> LoraConfig:
         lora_alpha=cfg.lora_alpha,
         init_lora_weights="gaussian",
         target_modules=list(cfg.lora_targets),
+        # no dead adapters in the exports: they would never train (dead_lora_modules)
+        exclude_modules=dead_lora_modules(dict(transformer.config)) or None,
     )
     transformer.add_adapter(lora_config)
     if cfg.gradient_checkpointing:
@@ -464,10 +552,23 @@ LAYOUTS = {"transformer": transformer_layout, "vae": vae_layout, "text_encoder":
            "text_encoder_2": clip_text_layout, "text_encoder_3": t5_encoder_layout}
 
 
-def lora_tensor_shapes(layout: Layout, targets: list[str], rank: int) -> list[tuple[int, int]]:
-    """(rows, cols) of every LoRA A and B matrix peft creates for `targets` (suffix match)."""
+def dead_lora_modules(transformer_config: dict) -> list[str]:
+    """Modules whose output the transformer never uses, so a LoRA there gets no gradient.
+
+    SD3's last block is context_pre_only: it drops its text stream, so the text queries
+    (attn.add_q_proj) feed only discarded outputs (its text keys and values still reach the
+    image tokens; it has no to_add_out or ff_context). peft's exclude_modules takes these names."""
+    num_layers = transformer_config["num_layers"]
+    return [f"transformer_blocks.{num_layers - 1}.attn.add_q_proj"] if num_layers > 0 else []
+
+
+def lora_tensor_shapes(layout: Layout, targets: list[str], rank: int, exclude: list[str] = ()) -> list[tuple[int, int]]:
+    """(rows, cols) of every LoRA A and B matrix peft creates for `targets` (suffix match),
+    less the `exclude`d module names."""
     shapes = []
     for spec in layout.linears:
+        if spec.name in exclude:
+            continue
         if any(spec.name == t or spec.name.endswith("." + t) for t in targets):
             shapes += [(rank, spec.fan_in), (spec.fan_out, rank)]
     return shapes

@@ -75,7 +75,10 @@ def predict_velocity(
         pooled = torch.cat([uncond.pooled, cond.pooled])
     else:
         x_in, embeds, pooled = x, cond.embeds, cond.pooled
-    t = torch.full((x_in.shape[0],), timestep, device=x.device, dtype=dtype)
+    # float32, as diffusers' pipeline and Flow-GRPO pass it: in bf16 the 10-step schedule's
+    # timesteps (sigma * 1000) would be off by up to 1.9; the model casts its sinusoidal
+    # embedding to its own dtype after computing it in float32.
+    t = torch.full((x_in.shape[0],), timestep, device=x.device, dtype=torch.float32)
     out = transformer(
         hidden_states=x_in.to(dtype),
         timestep=t,

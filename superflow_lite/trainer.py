@@ -28,8 +28,8 @@ from .ema import LoraEMA
 from .evaluation import evaluate_and_save
 from .export import export_lora
 from .grouping import GroupPlan, GroupSampler
-from .memory import plan_for_config, retry_on_oom, to_rollout_buffer
-from .models import add_lora, load_pipeline, lora_parameters, require_bitsandbytes, resolve_device
+from .memory import agree_micro_batch, plan_for_config, retry_on_oom, to_rollout_buffer
+from .models import adapters_disabled, add_lora, load_pipeline, lora_parameters, require_bitsandbytes, resolve_device
 from .policy import clipped_policy_loss
 from .prompts import eval_subset, load_prompts
 from .rewards.async_scorer import AsyncRewardScorer
@@ -170,6 +170,9 @@ class Trainer:
         group_of_row = plan.group_ids()
         total = len(group_of_row)
         rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        # A halving on one rank (retry_on_oom) becomes every rank's size: they shard alike.
+        self.sample_micro_batch = agree_micro_batch(self.sample_micro_batch, self.accelerator)
+        self.train_micro_batch = agree_micro_batch(self.train_micro_batch, self.accelerator)
         rows = list(range(rank, total, world))
         noise_gen = torch.Generator().manual_seed(iteration_seed(self.cfg.train.seed, iteration, 1))
         # Draw every row's noise (all processes alike), keep ours: sharding never changes samples.
@@ -241,10 +244,8 @@ class Trainer:
         loss = loss_pg.mean()
         kl = torch.zeros(())
         if cfg.train.kl_beta > 0:
-            with torch.no_grad():
-                self.base_model.disable_adapters()
+            with torch.no_grad(), adapters_disabled(self.base_model):
                 v_ref = predict_velocity(self.transformer, x, s.timesteps[step], batch["cond"], uncond, cfg.sampling.guidance_scale)
-                self.base_model.enable_adapters()
             mu_ref, _ = sde_step_mean_std(x, v_ref, s.sigmas[step], s.sigmas[step + 1], s.sigma_t[step])
             kl = kl_to_reference(mu, mu_ref, s.sigma_t[step]).mean()
             loss = loss + cfg.train.kl_beta * kl

@@ -21,6 +21,7 @@ from typing import Sequence
 
 from PIL import Image
 
+from ..memory import score_halving_on_oom
 from .base import Reward, RewardOutput
 
 
@@ -52,7 +53,8 @@ class AsyncRewardScorer:
         metadata = [dict(m) for m in metadata] if metadata is not None else None
         self._slots.acquire()
         try:
-            future = self._executor.submit(self.reward, images, prompts, metadata)
+            # An OOM of a GPU reward halves its batch on the worker instead of ending the run.
+            future = self._executor.submit(score_halving_on_oom, self.reward, images, prompts, metadata)
         except BaseException:
             self._slots.release()
             raise
