@@ -7,6 +7,8 @@ types below; a bad value raises ConfigError naming the key and the valid choices
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -16,6 +18,9 @@ from typing import Any, Literal
 import yaml
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
+# SD3 was trained with at most 512 T5 tokens; its tokenizer and position bias stop there.
+MAX_T5_TOKENS = 512
+DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 
 
 class ConfigError(ValueError):
@@ -279,9 +284,16 @@ def _read_yaml(path: Path, what: str) -> dict:
     if not path.is_file():
         raise ConfigError(f"{what} {str(path)!r} does not exist; check the path")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} {str(path)!r} is not UTF-8 text; give a YAML file of config keys") from None
+    except OSError as err:
+        raise ConfigError(f"{what} {str(path)!r} cannot be read ({err.strerror}); check its permissions") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"{what} {str(path)!r} is not valid YAML: {err}") from None
+        where = getattr(err, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where is not None else ""
+        problem = getattr(err, "problem", None) or type(err).__name__
+        raise ConfigError(f"{what} {str(path)!r} is not valid YAML{at} ({problem}); fix or replace the file") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{what} {str(path)!r} must hold a mapping of config keys")
     return data
@@ -353,6 +365,34 @@ def config_from_dict(data: dict) -> Config:
     return cfg
 
 
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """Dotted key=value overrides onto a resolved config (a resume's changes), validated."""
+    for text in overrides:
+        path, value = parse_override(text)
+        _merge_into(cfg, _nest(path, value))
+    validate(cfg)
+    return cfg
+
+
+def read_config_file(path: Path, what: str = "config file") -> dict:
+    """A YAML mapping of config keys; ConfigError saying what is wrong with the file."""
+    return _read_yaml(Path(path), what)
+
+
+def non_finite_values(value: Any, key: str = "") -> list[str]:
+    """Dotted keys of every NaN or infinite number in a config (nested dicts and lists included)."""
+    if dataclasses.is_dataclass(value):
+        return [k for f in dataclasses.fields(value) for k in non_finite_values(getattr(value, f.name), f"{key}{f.name}.")]
+    key = key.rstrip(".")
+    if isinstance(value, float):
+        return [] if math.isfinite(value) else [key]
+    if isinstance(value, dict):
+        return [k for name, v in value.items() for k in non_finite_values(v, f"{key}.{name}.")]
+    if isinstance(value, (list, tuple)):
+        return [k for i, v in enumerate(value) for k in non_finite_values(v, f"{key}[{i}].")]
+    return []
+
+
 def _require(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
@@ -360,6 +400,9 @@ def _require(ok: bool, message: str) -> None:
 
 def validate(cfg: Config) -> None:
     """Cross-field and range checks that types alone cannot express."""
+    # NaN passes every `> 0` test below and inf every upper bound: reject both first.
+    bad = non_finite_values(cfg)
+    _require(not bad, f"{bad[0] if bad else ''} must be a finite number (not nan or inf); give a plain number")
     s, sf, t = cfg.sampling, cfg.superflow, cfg.train
     positive = {
         "sampling.resolution": s.resolution, "sampling.num_steps": s.num_steps,
@@ -382,6 +425,15 @@ def validate(cfg: Config) -> None:
                        "sampling.guidance_scale": s.guidance_scale, "train.train_steps": t.train_steps,
                        "train.sde_window": t.sde_window, "memory.vram_gib": cfg.memory.vram_gib}.items():
         _require(value >= 0, f"{key} must be >= 0, got {value}")
+    _require(s.max_sequence_length <= MAX_T5_TOKENS,
+             f"sampling.max_sequence_length must be <= {MAX_T5_TOKENS} (SD3's T5 limit), got {s.max_sequence_length}")
+    _require(bool(cfg.model.lora_targets), "model.lora_targets is empty: name the modules that get LoRA, e.g. [attn.to_q]")
+    _require(bool(cfg.model.name_or_path.strip()), "model.name_or_path is empty: give 'world', a hub id or a model dir")
+    _require(cfg.train.seed >= 0, f"train.seed must be >= 0, got {cfg.train.seed}")
+    _require(cfg.output.log_every > 0, f"output.log_every must be > 0, got {cfg.output.log_every}")
+    _require(cfg.memory.embed_cache_size >= 0, f"memory.embed_cache_size must be >= 0, got {cfg.memory.embed_cache_size}")
+    _require(DEVICE.match(cfg.reward.device) is not None,
+             f"reward.device must be cpu, cuda or cuda:N, got {cfg.reward.device!r}")
     _require(s.resolution % 16 == 0, f"sampling.resolution must be a multiple of 16, got {s.resolution}")
     _require(s.num_steps >= 2, f"sampling.num_steps must be >= 2, got {s.num_steps}")
     _require(t.train_steps <= s.num_steps, f"train.train_steps ({t.train_steps}) exceeds sampling.num_steps ({s.num_steps})")
