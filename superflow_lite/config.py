@@ -251,7 +251,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 def _merge_into(obj: Any, data: dict, prefix: str = "") -> None:
     """Overlay a (partial) nested dict onto a dataclass instance, validating each key."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(type(obj))
     names = [f.name for f in dataclasses.fields(obj)]
     for key, value in data.items():

@@ -5,7 +5,8 @@ wrong and what to do; the CLI prints it and exits 2, having created and changed 
     gate(args) = config (types, ranges, finite numbers, keys at every depth)
                + the run folder (new: free and writable; resume: a run, idle, readable,
                  with a checkpoint whose LoRA has the configured shape)
-               + the machine (CUDA for the device, quantization and xformers)
+               + the machine (CUDA for the device, quantization and xformers), and the
+                 model in the cache when offline
                + the rewards, built with their options, and the prompts, loaded and read
                  by the reward that will score them
                + the LoRA targets, matched against the model's module names
@@ -13,6 +14,7 @@ wrong and what to do; the CLI prints it and exits 2, having created and changed 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import os
@@ -164,6 +166,23 @@ def check_machine(cfg: Config) -> None:
                              "or use model.attention=sdpa")
 
 
+def check_model(cfg: Config) -> None:
+    """A hub model must be reachable: offline (HF_HUB_OFFLINE) it must be in the cache.
+    Online, a gated or missing repository is only known once the download starts."""
+    name = cfg.model.name_or_path
+    if name == "world" or Path(name).is_dir():
+        return
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if not constants.HF_HUB_OFFLINE:
+        return
+    if isinstance(try_to_load_from_cache(name, "model_index.json", revision=cfg.model.revision), str):
+        return
+    raise UsageError(f"model.name_or_path {name!r} is not in the Hugging Face cache and HF_HUB_OFFLINE is set; "
+                     f"download it (huggingface-cli download {name} --local-dir DIR) and set "
+                     "model.name_or_path=DIR, or unset HF_HUB_OFFLINE")
+
+
 # ---------------------------------------------------------------------- rewards and prompts
 def check_rewards_and_prompts(cfg: Config) -> None:
     """Build the reward as the trainer will (its options checked), load the prompts, and
@@ -191,30 +210,37 @@ def check_rewards_and_prompts(cfg: Config) -> None:
 
 
 # ---------------------------------------------------------------------- LoRA targets
+@functools.lru_cache(maxsize=1)
+def world_linears() -> dict[str, tuple[int, int]]:
+    """The built-in world's Linear layers, from the model built on the meta device (no memory)."""
+    import torch
+
+    from . import models
+    from .world.model import build_transformer
+
+    with torch.device("meta"):
+        layout = models.layout_of_module(build_transformer())
+    return {s.name: (s.fan_in, s.fan_out) for s in layout.linears}
+
+
 def transformer_linears(cfg: Config) -> dict[str, tuple[int, int]] | None:
     """{module name: (fan_in, fan_out)} of the transformer's Linear layers, from its config
     alone (no weights); None when the config is not available offline."""
     from . import models
 
     if cfg.model.name_or_path == "world":
-        import torch
-
-        from .world.model import build_transformer
-
-        with torch.device("meta"):
-            layout = models.layout_of_module(build_transformer())
+        return dict(world_linears())
+    local = Path(cfg.model.name_or_path) / "transformer" / "config.json"
+    if local.is_file():
+        config = json.loads(local.read_text())
+    elif cfg.model.name_or_path == models.SD35_MEDIUM_ID:
+        config = models.SD35_MEDIUM["transformer"]
     else:
-        local = Path(cfg.model.name_or_path) / "transformer" / "config.json"
-        if local.is_file():
-            config = json.loads(local.read_text())
-        elif cfg.model.name_or_path == models.SD35_MEDIUM_ID:
-            config = models.SD35_MEDIUM["transformer"]
-        else:
-            return None
-        try:
-            layout = models.transformer_layout(config)
-        except (KeyError, TypeError):
-            return None
+        return None
+    try:
+        layout = models.transformer_layout(config)
+    except (KeyError, TypeError):
+        return None
     return {s.name: (s.fan_in, s.fan_out) for s in layout.linears}
 
 
@@ -251,5 +277,6 @@ def gate(args: argparse.Namespace) -> Launch:
     shapes = lora_shapes(cfg)
     resume_from = check_resume(cfg, run_path, shapes) if resume else None
     check_machine(cfg)
+    check_model(cfg)
     check_rewards_and_prompts(cfg)
     return Launch(cfg, run_path, resume, resume_from)
