@@ -32,6 +32,7 @@ class ModelConfig:
     name_or_path: str = "world"
     """'world' = the built-in tiny SD3 model; else a hub id (stabilityai/stable-diffusion-3.5-medium) or a local diffusers dir."""
     revision: str | None = None
+    """Hub revision (branch, tag or commit) of the base model; None = the default branch."""
     transformer_quant: Literal["none", "int8", "nf4"] = "none"
     """Transformer weights: bf16/fp32 ('none'), bitsandbytes LLM.int8 or nf4 (QLoRA)."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
@@ -39,12 +40,15 @@ class ModelConfig:
     text_encoder_3: Literal["resident", "resident_8bit", "offload", "drop"] = "resident"
     """T5: kept on the accelerator, kept in 8-bit, moved to CPU between encodings, or not loaded (zero embeddings)."""
     clip_encoders: Literal["resident", "offload"] = "resident"
+    """CLIP-L/G: kept on the accelerator, or moved to the CPU between encodings (~1.6 GB less on SD3.5-M)."""
     attention: Literal["sdpa", "xformers"] = "sdpa"
     """xformers needs CUDA and the [xformers] extra; torch's SDPA works everywhere."""
     gradient_checkpointing: bool = True
     """Recompute block activations in backward: ~half the activation memory for ~30% more compute."""
     lora_rank: int = 8
+    """r of the LoRA matrices: adapter size and capacity (Flow-GRPO uses 32 on SD3.5-M)."""
     lora_alpha: float = 16.0
+    """alpha: the update is scaled by alpha/r, so changing r keeps the step size comparable."""
     lora_targets: list[str] = field(
         default_factory=lambda: [
             "attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0",
@@ -53,14 +57,17 @@ class ModelConfig:
     )
     """Module-name suffixes that get LoRA: SD3's joint-attention projections."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where the model runs; auto = CUDA when visible, else the CPU (tiny preset only)."""
 
 
 @dataclass
 class SamplingConfig:
     resolution: int = 64
+    """Image side in pixels (a multiple of 16: VAE factor 8 x patch size 2)."""
     num_steps: int = 10
     """Denoising steps T of a training rollout (Flow-GRPO: 10)."""
     guidance_scale: float = 4.5
+    """Classifier-free guidance w of training rollouts (Flow-GRPO: 4.5)."""
     noise_level: float = 0.7
     """a in sigma_t = a*sqrt(s/(1-s)) (ALGORITHM.md 1); 0 gives the ODE sampler."""
     micro_batch: int = 8
@@ -68,7 +75,9 @@ class SamplingConfig:
     max_sequence_length: int = 128
     """T5 tokens per prompt (Flow-GRPO: 128)."""
     eval_num_steps: int = 40
+    """Denoising steps of the eval samples: the deterministic ODE sampler a user would run."""
     eval_guidance_scale: float = 4.5
+    """CFG w of the eval samples."""
 
 
 @dataclass
@@ -133,6 +142,7 @@ class RewardConfig:
     options: dict[str, dict] = field(default_factory=dict)
     """Per-reward keyword options, e.g. {remote: {url: http://127.0.0.1:8000}}."""
     device: str = "cpu"
+    """Where reward models run: cpu, cuda or cuda:N (a second GPU keeps them off the policy's memory)."""
 
 
 @dataclass
@@ -142,7 +152,9 @@ class PromptsConfig:
     test_source: str | None = None
     """Eval prompts: a .txt file; default = the built-in set's test split (or source's first lines)."""
     num_eval_prompts: int = 8
+    """Test prompts scored at each eval, spread evenly over the test split."""
     eval_seeds: list[int] = field(default_factory=lambda: [0])
+    """Noise seeds per eval prompt: the same seeds every eval, so evals compare like with like."""
 
 
 @dataclass
@@ -152,6 +164,7 @@ class MemoryConfig:
     rollout_buffer: Literal["gpu", "cpu"] = "gpu"
     """Where stored latents/log-probs live between sampling and training (cpu = pinned host memory)."""
     vae_decode: Literal["full", "sliced", "tiled"] = "full"
+    """VAE decode of rollouts: all at once, one image at a time, or in tiles (least memory at high resolution)."""
     embed_cache_size: int = 256
     """Prompt embeddings kept on the CPU (LRU): SuperFlow revisits prompts."""
 
@@ -159,17 +172,23 @@ class MemoryConfig:
 @dataclass
 class OutputConfig:
     root: str = "runs"
+    """Folder that holds the run directories."""
     name: str = ""
     """Run name; empty = <preset>-<algorithm>-<timestamp>."""
     eval_every: int = 5
+    """Iterations between evals (eval samples and eval/ metrics); the last iteration always evaluates."""
     checkpoint_every: int = 5
+    """Iterations between checkpoints: at most this many iterations are lost to a crash."""
     log_every: int = 1
+    """Kept for configs that set it; the trainer logs every iteration."""
 
 
 @dataclass
 class Config:
     algorithm: Literal["superflow", "flow_grpo"] = "superflow"
+    """superflow (variance-aware groups, trackers, step weights) or flow_grpo (the baseline, ALGORITHM.md)."""
     preset: str = "tiny"
+    """The preset this config was resolved from (presets/<name>.yaml); set by --preset."""
     model: ModelConfig = field(default_factory=ModelConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     superflow: SuperFlowConfig = field(default_factory=SuperFlowConfig)

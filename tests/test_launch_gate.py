@@ -215,6 +215,11 @@ def test_bad_input_exits_2_and_changes_nothing(case, finished_run, tmp_path, mon
     if how:
         damage(run, how[0], keep_alive)
     monkeypatch.chdir(tmp_path)  # output.root=runs resolves here
+
+    def let_through(*args, **kwargs):
+        raise AssertionError("the launch gate let this input through")
+
+    monkeypatch.setattr("superflow_lite.train.run_training", let_through)
     before_run, before_tree = tree_digest(run), sorted(p.name for p in (tmp_path / "runs").iterdir())
     before_work = tree_digest(work)
     try:
