@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import ConfigError, parse_override, to_yaml
-from ..rundir import (ACTIVE_STATES, CONSOLE_FILE, EXIT_FILE, FINAL_STATES, LAUNCH_FILE, STATUS_FILE, is_our_process,
-                      is_run_dir, lora_file, read_json, run_state)
+from ..rundir import (ACTIVE_STATES, CONSOLE_FILE, EXIT_FILE, FINAL_STATES, LAUNCH_FILE, LORA_DIR, STATUS_FILE,
+                      is_our_process, is_run_dir, lora_file, read_json, run_state)
 from .form import app_owned_key
 from .runs import RUN_NAME, list_runs
 from .supervise import lock_holder
@@ -245,8 +245,8 @@ class RunManager:
         if not out.exists() or out.stat().st_mtime < weights.stat().st_mtime:
             tmp = out.with_name(f".{out.name}.tmp")
             with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
-                for f in sorted((path / "lora").rglob("*")):
+                for f in sorted((path / LORA_DIR).rglob("*")):
                     if f.is_file():
-                        zf.write(f, Path("lora") / f.relative_to(path / "lora"))
+                        zf.write(f, Path(LORA_DIR) / f.relative_to(path / LORA_DIR))
             os.replace(tmp, out)
         return out
