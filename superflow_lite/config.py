@@ -7,6 +7,8 @@ types below; a bad value raises ConfigError naming the key and the valid choices
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -16,6 +18,9 @@ from typing import Any, Literal
 import yaml
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
+# SD3 was trained with at most 512 T5 tokens; its tokenizer and position bias stop there.
+MAX_T5_TOKENS = 512
+DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 
 
 class ConfigError(ValueError):
@@ -27,6 +32,7 @@ class ModelConfig:
     name_or_path: str = "world"
     """'world' = the built-in tiny SD3 model; else a hub id (stabilityai/stable-diffusion-3.5-medium) or a local diffusers dir."""
     revision: str | None = None
+    """Hub revision (branch, tag or commit) of the base model; None = the default branch."""
     transformer_quant: Literal["none", "int8", "nf4"] = "none"
     """Transformer weights: bf16/fp32 ('none'), bitsandbytes LLM.int8 or nf4 (QLoRA)."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
@@ -34,12 +40,15 @@ class ModelConfig:
     text_encoder_3: Literal["resident", "resident_8bit", "offload", "drop"] = "resident"
     """T5: kept on the accelerator, kept in 8-bit, moved to CPU between encodings, or not loaded (zero embeddings)."""
     clip_encoders: Literal["resident", "offload"] = "resident"
+    """CLIP-L/G: kept on the accelerator, or moved to the CPU between encodings (~1.6 GB less on SD3.5-M)."""
     attention: Literal["sdpa", "xformers"] = "sdpa"
     """xformers needs CUDA and the [xformers] extra; torch's SDPA works everywhere."""
     gradient_checkpointing: bool = True
     """Recompute block activations in backward: ~half the activation memory for ~30% more compute."""
     lora_rank: int = 8
+    """r of the LoRA matrices: adapter size and capacity (Flow-GRPO uses 32 on SD3.5-M)."""
     lora_alpha: float = 16.0
+    """alpha: the update is scaled by alpha/r, so changing r keeps the step size comparable."""
     lora_targets: list[str] = field(
         default_factory=lambda: [
             "attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0",
@@ -48,14 +57,17 @@ class ModelConfig:
     )
     """Module-name suffixes that get LoRA: SD3's joint-attention projections."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where the model runs; auto = CUDA when visible, else the CPU (tiny preset only)."""
 
 
 @dataclass
 class SamplingConfig:
     resolution: int = 64
+    """Image side in pixels (a multiple of 16: VAE factor 8 x patch size 2)."""
     num_steps: int = 10
     """Denoising steps T of a training rollout (Flow-GRPO: 10)."""
     guidance_scale: float = 4.5
+    """Classifier-free guidance w of training rollouts (Flow-GRPO: 4.5)."""
     noise_level: float = 0.7
     """a in sigma_t = a*sqrt(s/(1-s)) (ALGORITHM.md 1); 0 gives the ODE sampler."""
     micro_batch: int = 8
@@ -63,7 +75,9 @@ class SamplingConfig:
     max_sequence_length: int = 128
     """T5 tokens per prompt (Flow-GRPO: 128)."""
     eval_num_steps: int = 40
+    """Denoising steps of the eval samples: the deterministic ODE sampler a user would run."""
     eval_guidance_scale: float = 4.5
+    """CFG w of the eval samples."""
 
 
 @dataclass
@@ -136,6 +150,7 @@ class RewardConfig:
     options: dict[str, dict] = field(default_factory=dict)
     """Per-reward keyword options, e.g. {remote: {url: http://127.0.0.1:8000}}."""
     device: str = "cpu"
+    """Where reward models run: cpu, cuda or cuda:N (a second GPU keeps them off the policy's memory)."""
 
 
 @dataclass
@@ -159,6 +174,7 @@ class MemoryConfig:
     rollout_buffer: Literal["gpu", "cpu"] = "gpu"
     """Where stored latents/log-probs live between sampling and training (cpu = pinned host memory)."""
     vae_decode: Literal["full", "sliced", "tiled"] = "full"
+    """VAE decode of rollouts: all at once, one image at a time, or in tiles (least memory at high resolution)."""
     embed_cache_size: int = 256
     """Prompt embeddings kept on the CPU (LRU): SuperFlow revisits prompts."""
 
@@ -166,17 +182,23 @@ class MemoryConfig:
 @dataclass
 class OutputConfig:
     root: str = "runs"
+    """Folder that holds the run directories."""
     name: str = ""
     """Run name; empty = <preset>-<algorithm>-<timestamp>."""
     eval_every: int = 5
+    """Iterations between evals (eval samples and eval/ metrics); the last iteration always evaluates."""
     checkpoint_every: int = 5
+    """Iterations between checkpoints: at most this many iterations are lost to a crash."""
     log_every: int = 1
+    """Kept for configs that set it; the trainer logs every iteration."""
 
 
 @dataclass
 class Config:
     algorithm: Literal["superflow", "flow_grpo"] = "superflow"
+    """superflow (variance-aware groups, trackers, step weights) or flow_grpo (the baseline, ALGORITHM.md)."""
     preset: str = "tiny"
+    """The preset this config was resolved from (presets/<name>.yaml); set by --preset."""
     model: ModelConfig = field(default_factory=ModelConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     superflow: SuperFlowConfig = field(default_factory=SuperFlowConfig)
@@ -258,7 +280,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 def _merge_into(obj: Any, data: dict, prefix: str = "") -> None:
     """Overlay a (partial) nested dict onto a dataclass instance, validating each key."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(type(obj))
     names = [f.name for f in dataclasses.fields(obj)]
     for key, value in data.items():
@@ -291,9 +313,16 @@ def _read_yaml(path: Path, what: str) -> dict:
     if not path.is_file():
         raise ConfigError(f"{what} {str(path)!r} does not exist; check the path")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} {str(path)!r} is not UTF-8 text; give a YAML file of config keys") from None
+    except OSError as err:
+        raise ConfigError(f"{what} {str(path)!r} cannot be read ({err.strerror}); check its permissions") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"{what} {str(path)!r} is not valid YAML: {err}") from None
+        where = getattr(err, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where is not None else ""
+        problem = getattr(err, "problem", None) or type(err).__name__
+        raise ConfigError(f"{what} {str(path)!r} is not valid YAML{at} ({problem}); fix or replace the file") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{what} {str(path)!r} must hold a mapping of config keys")
     return data
@@ -365,6 +394,34 @@ def config_from_dict(data: dict) -> Config:
     return cfg
 
 
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """Dotted key=value overrides onto a resolved config (a resume's changes), validated."""
+    for text in overrides:
+        path, value = parse_override(text)
+        _merge_into(cfg, _nest(path, value))
+    validate(cfg)
+    return cfg
+
+
+def read_config_file(path: Path, what: str = "config file") -> dict:
+    """A YAML mapping of config keys; ConfigError saying what is wrong with the file."""
+    return _read_yaml(Path(path), what)
+
+
+def non_finite_values(value: Any, key: str = "") -> list[str]:
+    """Dotted keys of every NaN or infinite number in a config (nested dicts and lists included)."""
+    if dataclasses.is_dataclass(value):
+        return [k for f in dataclasses.fields(value) for k in non_finite_values(getattr(value, f.name), f"{key}{f.name}.")]
+    key = key.rstrip(".")
+    if isinstance(value, float):
+        return [] if math.isfinite(value) else [key]
+    if isinstance(value, dict):
+        return [k for name, v in value.items() for k in non_finite_values(v, f"{key}.{name}.")]
+    if isinstance(value, (list, tuple)):
+        return [k for i, v in enumerate(value) for k in non_finite_values(v, f"{key}[{i}].")]
+    return []
+
+
 def _require(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
@@ -372,6 +429,9 @@ def _require(ok: bool, message: str) -> None:
 
 def validate(cfg: Config) -> None:
     """Cross-field and range checks that types alone cannot express."""
+    # NaN passes every `> 0` test below and inf every upper bound: reject both first.
+    bad = non_finite_values(cfg)
+    _require(not bad, f"{bad[0] if bad else ''} must be a finite number (not nan or inf); give a plain number")
     s, sf, t = cfg.sampling, cfg.superflow, cfg.train
     positive = {
         "sampling.resolution": s.resolution, "sampling.num_steps": s.num_steps,
@@ -394,6 +454,15 @@ def validate(cfg: Config) -> None:
                        "sampling.guidance_scale": s.guidance_scale, "train.train_steps": t.train_steps,
                        "train.sde_window": t.sde_window, "memory.vram_gib": cfg.memory.vram_gib}.items():
         _require(value >= 0, f"{key} must be >= 0, got {value}")
+    _require(s.max_sequence_length <= MAX_T5_TOKENS,
+             f"sampling.max_sequence_length must be <= {MAX_T5_TOKENS} (SD3's T5 limit), got {s.max_sequence_length}")
+    _require(bool(cfg.model.lora_targets), "model.lora_targets is empty: name the modules that get LoRA, e.g. [attn.to_q]")
+    _require(bool(cfg.model.name_or_path.strip()), "model.name_or_path is empty: give 'world', a hub id or a model dir")
+    _require(cfg.train.seed >= 0, f"train.seed must be >= 0, got {cfg.train.seed}")
+    _require(cfg.output.log_every > 0, f"output.log_every must be > 0, got {cfg.output.log_every}")
+    _require(cfg.memory.embed_cache_size >= 0, f"memory.embed_cache_size must be >= 0, got {cfg.memory.embed_cache_size}")
+    _require(DEVICE.match(cfg.reward.device) is not None,
+             f"reward.device must be cpu, cuda or cuda:N, got {cfg.reward.device!r}")
     _require(s.resolution % 16 == 0, f"sampling.resolution must be a multiple of 16, got {s.resolution}")
     _require(s.num_steps >= 2, f"sampling.num_steps must be >= 2, got {s.num_steps}")
     _require(t.train_steps <= s.num_steps, f"train.train_steps ({t.train_steps}) exceeds sampling.num_steps ({s.num_steps})")

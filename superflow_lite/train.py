@@ -6,34 +6,44 @@ Examples:
     python -m superflow_lite.train --resume runs/my-run train.iterations=40
     python -m superflow_lite.train --preset 24gb --print-config       # resolved YAML, then exit
     python -m superflow_lite.train --preset 24gb --plan              # memory plan, then exit
-Exit codes: 0 done or stopped, 1 the run failed, 2 bad input (message says what to fix).
+    python -m superflow_lite.train --help-config                     # every config key and why
+Exit codes: 0 done or stopped cleanly, 1 the run failed (message and the log's path),
+2 bad input before anything was created (message says what to fix), 130 interrupted.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
-import time
 import traceback
-from pathlib import Path
 
-import yaml
-
-from .config import Config, ConfigError, build_config, config_from_dict, parse_override, _merge_into, _nest, to_yaml, validate
+from .config import ConfigError, to_yaml
+from .launch import Launch, UsageError, gate, resolve
+from .rundir import (EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_RUN_FAILED, FAILED, RUNNING, STARTING, STOPPED,
+                     Heartbeat, RunDir, clean_temp_files, latest_checkpoint_iteration)
 
 log = logging.getLogger("superflow_lite")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises UsageError (one `error:` line, exit 2) instead of printing usage."""
+
+    def error(self, message: str):
+        raise UsageError(f"{message}; see python -m superflow_lite.train --help")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m superflow_lite.train",
         description="SuperFlow GRPO fine-tuning of flow-matching text-to-image models with LoRA.",
     )
     parser.add_argument("--preset", default="auto", help="tiny, 12gb, 16gb, 24gb, 48gb, 80gb or auto (default)")
     parser.add_argument("--config", help="a YAML file overlaid on the preset")
     parser.add_argument("--output", help="run directory (default: <output.root>/<output.name>)")
-    parser.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest intact checkpoint")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    parser.add_argument("--help-config", action="store_true", help="list every config key with its default and why")
     parser.add_argument("--plan", action="store_true", help="print the memory plan and exit")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-4")
@@ -41,146 +51,152 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_intermixed_args(argv)
 
 
-class UsageError(Exception):
-    """Bad input that is not a config value: paths, runs, machine."""
-
-
-def resolve(args: argparse.Namespace) -> tuple[Config, Path]:
-    """The config and the run directory this invocation means."""
-    if args.resume:
-        run_path = Path(args.resume)
-        config_file = run_path / "config.yaml"
-        if not config_file.is_file():
-            raise UsageError(f"--resume {args.resume!r}: no config.yaml there; give a run directory such as runs/<name>")
-        if args.config or args.preset != "auto":
-            raise UsageError("--resume takes the run's own config.yaml; pass changes as key=value overrides instead")
-        cfg = config_from_dict(yaml.safe_load(config_file.read_text()))
-        for text in args.overrides:
-            path, value = parse_override(text)
-            _merge_into(cfg, _nest(path, value))
-        validate(cfg)
-        return cfg, run_path
-    cfg = build_config(args.preset, args.config, args.overrides)
-    if not cfg.output.name:
-        cfg.output.name = f"{cfg.preset}-{cfg.algorithm}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_path = Path(args.output) if args.output else Path(cfg.output.root) / cfg.output.name
-    if (run_path / "checkpoints").is_dir() and any((run_path / "checkpoints").iterdir()):
-        raise UsageError(
-            f"{str(run_path)!r} already holds a run; resume it with --resume {run_path} or choose another --output"
-        )
-    return cfg, run_path
-
-
-def check_machine(cfg: Config) -> None:
-    import torch
-
-    wants_gpu = cfg.model.device == "cuda" or (cfg.model.device == "auto" and cfg.preset != "tiny")
-    if wants_gpu and not torch.cuda.is_available():
-        raise UsageError(
-            f"preset {cfg.preset!r} targets a CUDA GPU and none is visible; on a CPU use --preset tiny "
-            "(the built-in shapes world)"
-        )
-    from .models import ModelUnavailable, bitsandbytes_needs, require_bitsandbytes
-
-    needs = bitsandbytes_needs(cfg.model) + (["train.optimizer=adamw8bit"] if cfg.train.optimizer == "adamw8bit" else [])
-    for need in needs:
-        try:
-            require_bitsandbytes(need)
-        except ModelUnavailable as err:
-            raise UsageError(str(err)) from None
-
-
-def check_references(cfg: Config) -> None:
-    """Names and files the config points at: rewards, prompt sets. Fails before any run dir is made."""
-    from .prompts import load_prompts
-    from .rewards.registry import available_rewards
-
-    names = available_rewards()
-    for name in cfg.reward.weights:
-        if name not in names:
-            raise ConfigError(f"unknown reward {name!r} in reward.weights; available: {', '.join(names)}")
-    load_prompts(cfg.prompts)
-
-
-def setup_logging(log_file: Path) -> None:
+def setup_logging(log_file) -> None:
+    """INFO to the console and the log; tracebacks (DEBUG) to the log only."""
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
-    log.setLevel(logging.INFO)
+    log.setLevel(logging.DEBUG)
     log.handlers.clear()
     file_handler = logging.FileHandler(log_file)
     file_handler.setFormatter(fmt)
     console = logging.StreamHandler(sys.stderr)
     console.setFormatter(fmt)
+    console.setLevel(logging.INFO)
     log.addHandler(file_handler)
     log.addHandler(console)
     log.propagate = False
 
 
-def run_training(cfg: Config, run_path: Path, resume: bool, progress: bool = True) -> int:
+def one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
+
+
+def _write_status_quietly(run: RunDir, **fields) -> None:
+    """A final status that may not be writable (a full disk): the state is derived from the
+    process's liveness anyway, so a failure here is logged, never raised over the real error."""
+    try:
+        run.write_status(**fields)
+    except OSError as err:
+        log.error("cannot write %s (%s); its state follows from the process having ended", run.status_path, err)
+
+
+def run_training(launch: Launch, progress: bool = True) -> int:
+    """Create (or reopen) the run, train, and map the outcome to an exit code."""
+    from filelock import Timeout
+
+    run = RunDir(launch.run_path)
+    run.create()
+    if os.environ.get("RANK", "0") != "0":  # under `accelerate launch`, the main process holds the lock
+        return _train_locked(launch, run, progress)
+    lock = run.lock()
+    try:
+        lock.acquire()
+    except Timeout:
+        print(f"error: {run.path} is being trained by another process; wait for it or stop it", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        return _train_locked(launch, run, progress)
+    finally:
+        lock.release()
+
+
+def _train_locked(launch: Launch, run: RunDir, progress: bool) -> int:
     from .export import loading_snippet
-    from .rundir import Heartbeat, RunDir
+    from .rewards.base import NonFiniteReward
     from .trainer import StopRequested, Trainer
 
-    run = RunDir(run_path)
-    run.create()
+    cfg = launch.cfg
+    clean_temp_files(run.path)
     setup_logging(run.log_path)
-    if not resume:
-        run.config_path.write_text(to_yaml(cfg))
-    run.write_status(state="starting", iteration=0, iterations=cfg.train.iterations, name=run_path.name)
-    log.info("run directory %s (preset %s, algorithm %s, base model %s)", run_path, cfg.preset, cfg.algorithm, cfg.model.name_or_path)
+    if not launch.resume:
+        run.write_config(to_yaml(cfg))
+    start = {"iteration": 0} if not launch.resume else {}
+    run.write_status(state=STARTING, iterations=cfg.train.iterations, name=run.path.name, error=None, **start)
+    log.info("run directory %s (preset %s, algorithm %s, base model %s)", run.path, cfg.preset, cfg.algorithm,
+             cfg.model.name_or_path)
     # Before the model loads: a stop or a watcher's liveness check may come at any time.
     stop = StopRequested()
     stop.install()
+    trainer = None
     try:
         with Heartbeat(run):
             trainer = Trainer(cfg, run, stop)
-            if resume:
+            if launch.resume:
                 trainer.resume()
-            run.write_status(state="running", iteration=trainer.iteration)
+                run.write_config(to_yaml(cfg))  # the resume's overrides persist, once its checkpoint loaded
+            run.write_status(state=RUNNING, iteration=trainer.iteration)
             state = trainer.fit(progress=progress)
     except KeyboardInterrupt:
-        run.write_status(state="stopped")
-        log.info("interrupted; the last checkpoint is in %s", run.checkpoints_dir)
-        return 130
+        return _interrupted(run, trainer)
+    except NonFiniteReward as err:
+        return _failed(run, err, f"{one_line(err)}. {_what_is_kept(run)}; fix the reward, then resume with "
+                                 f"--resume {run.path}")
     except Exception as err:  # the status must say failed, whatever broke
-        run.write_status(state="failed", error=f"{type(err).__name__}: {err}")
-        log.error("run failed: %s\n%s", err, traceback.format_exc())
-        raise
-    run.write_status(state=state, iteration=trainer.iteration)
+        return _failed(run, err, f"the run failed: {type(err).__name__}: {one_line(err)}")
+    try:
+        run.write_status(state=state, iteration=trainer.iteration)
+    except OSError as err:
+        return _failed(run, err, f"the run ended but its status cannot be written: {one_line(err)}")
     log.info("%s after %d iterations; LoRA in %s", state, trainer.iteration, run.lora_dir)
     print(f"\nLoRA written to {run.lora_dir}\nLoad it with:\n\n{loading_snippet(cfg.model.name_or_path, run.lora_dir)}\n")
-    if state == "stopped":
-        print(f"Resume with: python -m superflow_lite.train --resume {run_path}")
-    return 0
+    if state == STOPPED:
+        print(f"Resume with: python -m superflow_lite.train --resume {run.path}")
+    return EXIT_OK
+
+
+def _what_is_kept(run: RunDir) -> str:
+    at = latest_checkpoint_iteration(run.path)
+    return f"the last intact checkpoint is iteration {at}" if at is not None else "there is no checkpoint yet"
+
+
+def _failed(run: RunDir, err: BaseException, message: str) -> int:
+    _write_status_quietly(run, state=FAILED, error=f"{type(err).__name__}: {one_line(err)}")
+    log.error("%s", message)
+    log.debug("traceback:\n%s", traceback.format_exc())
+    print(f"error: {message} (details in {run.log_path})", file=sys.stderr)
+    return EXIT_RUN_FAILED
+
+
+def _interrupted(run: RunDir, trainer) -> int:
+    """A second Ctrl-C: no checkpoint is written mid-iteration (its state would be half an
+    update); say exactly what the last checkpoint keeps."""
+    at = latest_checkpoint_iteration(run.path)
+    reached = trainer.iteration if trainer is not None else 0
+    if at is None:
+        message = (f"interrupted at iteration {reached} before the first checkpoint: nothing is kept; "
+                   f"--resume {run.path} starts it again from iteration 0")
+        _write_status_quietly(run, state=FAILED, error="interrupted before the first checkpoint")
+    else:
+        lost = max(reached - at, 0)
+        message = (f"interrupted at iteration {reached}: the last checkpoint is iteration {at} ({lost} iteration(s) "
+                   f"lost, no LoRA exported); continue with --resume {run.path}")
+        _write_status_quietly(run, state=STOPPED, iteration=at, interrupted=True)
+    log.info("%s", message)
+    print(f"error: {message}", file=sys.stderr)
+    return EXIT_INTERRUPTED
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
     try:
-        cfg, run_path = resolve(args)
-        if args.print_config:
-            print(to_yaml(cfg), end="")
-            return 0
-        if args.plan:
-            from .memory import format_plan
+        args = parse_args(argv)
+        if args.help_config:
+            from .config_docs import format_config_help
 
-            print(format_plan(cfg))
-            return 0
-        check_machine(cfg)
-        check_references(cfg)
+            print(format_config_help())
+            return EXIT_OK
+        if args.print_config or args.plan:
+            cfg, _ = resolve(args)
+            if args.print_config:
+                print(to_yaml(cfg), end="")
+            else:
+                from .memory import format_plan
+
+                print(format_plan(cfg))
+            return EXIT_OK
+        launch = gate(args)
     except (ConfigError, UsageError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    from .models import ModelUnavailable
-    from .rewards.base import RewardUnavailable
-
-    try:
-        return run_training(cfg, run_path, resume=bool(args.resume), progress=not args.no_progress)
-    except (ConfigError, ModelUnavailable, RewardUnavailable) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except Exception as err:
-        print(f"error: the run failed: {type(err).__name__}: {err} (details in {run_path / 'train.log'})", file=sys.stderr)
-        return 1
+        print(f"error: {one_line(err)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return run_training(launch, progress=not args.no_progress)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from accelerate import Accelerator
 
 from . import advantages as adv_math
 from .algorithms import resolve_algorithm
-from .checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import load_latest_intact, rng_state, save_checkpoint, set_rng_state
 from .config import Config
 from .embeddings import PromptEmbeds, PromptEncoder
 from .ema import LoraEMA
@@ -35,7 +35,7 @@ from .prompts import eval_subset, load_prompts
 from .rewards.async_scorer import AsyncRewardScorer
 from .rewards.registry import build_reward
 from .rollout import Schedule, decode_images, initial_noise, make_schedule, predict_velocity, sample_trajectories
-from .rundir import RunDir
+from .rundir import RunDir, atomic_dir
 from .sde import gaussian_logp, kl_to_reference, sde_step_mean_std
 
 log = logging.getLogger("superflow_lite")
@@ -152,17 +152,27 @@ class Trainer:
         self.iteration = state["iteration"]
 
     def resume(self) -> bool:
-        path = latest_checkpoint(self.run.checkpoints_dir)
-        if path is None:
+        """Continue from the newest intact checkpoint (a damaged newer one is skipped); with
+        none, start again from iteration 0."""
+        found = load_latest_intact(self.run.path)
+        if found is None:
+            self.run.truncate_metrics(-1)
+            log.info("no checkpoint to resume from: starting again from iteration 0")
             return False
-        self.load_state_dict(load_checkpoint(path))
+        path, state = found
+        self.load_state_dict(state)
         self.run.truncate_metrics(self.iteration)
         log.info("resumed from %s at iteration %d", path.name, self.iteration)
         return True
 
     def checkpoint(self) -> None:
         if self.accelerator.is_main_process:
-            save_checkpoint(self.run.checkpoints_dir, self.iteration, self.state_dict())
+            state = self.state_dict()
+            # Skipped non-finite steps keep the weights finite; never checkpoint them if not.
+            bad = [k for k, v in state["lora"].items() if not torch.isfinite(v).all()]
+            if bad:
+                raise FloatingPointError(f"LoRA weight {bad[0]} is not finite; not checkpointing it")
+            save_checkpoint(self.run.path, self.iteration, state)
 
     # ------------------------------------------------------------------ rollouts
     def collect(self, plan: GroupPlan, schedule: Schedule, iteration: int) -> Rollouts:
@@ -259,7 +269,7 @@ class Trainer:
         order = torch.randperm(n, generator=torch.Generator().manual_seed(iteration_seed(cfg.train.seed, iteration, 4)))
         uncond = self.encoder.negative()
         sums: dict[str, float] = {}
-        count, grad_norms = 0, []
+        count, grad_norms, skipped = 0, [], 0
         self.transformer.eval()  # no dropout in SD3; keeps 8-bit layers in the mode they sampled in
         for minibatch in order.chunk(cfg.train.updates_per_iter):
             if len(minibatch) == 0:
@@ -268,15 +278,23 @@ class Trainer:
             (mb_sums, mb_count), self.train_micro_batch = retry_on_oom(
                 lambda mb: self._accumulate(minibatch, mb, rollouts, adv, embeds, uncond, schedule, steps),
                 self.train_micro_batch, log, "training")
+            grad_norm = float(self.accelerator.clip_grad_norm_(lora_parameters(self.base_model), cfg.train.grad_clip))
+            if not finite_step(grad_norm):  # never let NaN/inf reach the optimizer (or a checkpoint)
+                self.optimizer.zero_grad(set_to_none=True)
+                skipped += 1
+                log.warning("iteration %d: skipped an optimizer step with a non-finite loss or gradient "
+                            "(grad norm %s, loss %s)", iteration + 1, grad_norm, mb_sums.get("loss"))
+                continue
             for k, v in mb_sums.items():
                 sums[k] = sums.get(k, 0.0) + v
             count += mb_count
-            grad_norms.append(float(self.accelerator.clip_grad_norm_(lora_parameters(self.base_model), cfg.train.grad_clip)))
+            grad_norms.append(grad_norm)
             self.optimizer.step()
             if self.ema:
                 self.ema.update()
         stats = {f"grpo/{k}": v / max(count, 1) for k, v in sums.items()}
-        return {**stats, "grpo/grad_norm": float(np.mean(grad_norms)) if grad_norms else 0.0}
+        return {**stats, "grpo/grad_norm": float(np.mean(grad_norms)) if grad_norms else 0.0,
+                "grpo/skipped_steps": skipped}
 
     def _accumulate(self, minibatch: torch.Tensor, micro_batch: int, rollouts: Rollouts, adv: torch.Tensor,
                     embeds: PromptEmbeds, uncond: PromptEmbeds, schedule: Schedule, steps: list[int]) -> tuple[dict, int]:
@@ -372,8 +390,10 @@ class Trainer:
             )
 
     def export(self) -> Path:
-        with (self.ema.swapped_in() if self.ema else contextlib.nullcontext()):
-            return export_lora(self.base_model, self.lora_config, self.run.lora_dir, self.cfg.model.name_or_path)
+        """Write lora/ whole or not at all: built aside, then swapped in (rundir.atomic_dir)."""
+        with (self.ema.swapped_in() if self.ema else contextlib.nullcontext()), atomic_dir(self.run.lora_dir) as tmp:
+            written = export_lora(self.base_model, self.lora_config, tmp, self.cfg.model.name_or_path)
+        return self.run.lora_dir / written.name
 
     def fit(self, progress: bool = True) -> str:
         """Train to cfg.train.iterations (or until a stop is requested). Returns the final state."""
@@ -411,6 +431,13 @@ class Trainer:
         if main:
             self.export()
         return "stopped" if self.iteration < total else "done"
+
+
+def finite_step(grad_norm: float) -> bool:
+    """An optimizer step may run: its gradient norm is finite. A NaN or infinite loss makes
+    the gradient non-finite too, and the norm (after the cross-process reduce) is the same
+    on every process, so all of them skip the same steps."""
+    return math.isfinite(grad_norm)
 
 
 def make_optimizer(params: list[torch.nn.Parameter], cfg: Config) -> torch.optim.Optimizer:

@@ -18,6 +18,22 @@ class RewardUnavailable(RuntimeError):
     """A reward cannot load: the message says what to install or download."""
 
 
+class NonFiniteReward(RuntimeError):
+    """A reward returned NaN or an infinite score: training on it would poison the LoRA,
+    so the run stops here, before the scores reach the advantages or a checkpoint."""
+
+
+def check_finite_scores(name: str, scores: np.ndarray, prompts: Sequence[str]) -> None:
+    """Raise NonFiniteReward naming the reward, how many scores were bad and one prompt."""
+    bad = ~np.isfinite(np.asarray(scores, dtype=np.float64))
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise NonFiniteReward(
+            f"reward {name!r} returned {int(bad.sum())} non-finite score(s) ({scores[first]!r}) in a batch of "
+            f"{len(bad)}, e.g. for prompt {prompts[first]!r}"
+        )
+
+
 @dataclass
 class RewardOutput:
     """scores: float32 [B] inside the reward's declared range.
@@ -48,6 +64,12 @@ class Reward(ABC):
     def load(self) -> None:
         """Load models/weights. Default: nothing to load."""
 
+    def prompt_problem(self, prompt: str) -> str | None:
+        """Why this reward cannot score `prompt` (None: it can). The launch gate asks it of
+        every prompt before a run starts, so a prompt it cannot read fails in a second, not
+        at the first batch. Default: any prompt."""
+        return None
+
     def ensure_loaded(self) -> None:
         """Run `load()` once; a server or a warm-up step calls it to fail before the first batch."""
         if not self._loaded:
@@ -72,6 +94,7 @@ class Reward(ABC):
         metadata = list(metadata) if metadata is not None else [{} for _ in prompts]
         out = self.score(images, prompts, metadata)
         out.scores = np.asarray(out.scores, dtype=np.float32).reshape(len(images))
+        check_finite_scores(self.name, out.scores, prompts)
         return out
 
     def to_unit(self, scores: np.ndarray) -> np.ndarray:

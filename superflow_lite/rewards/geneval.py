@@ -88,6 +88,11 @@ class GenEvalReward(Reward):
         self.model: Any = None
         self.processor: Any = None
 
+    def prompt_problem(self, prompt: str) -> str | None:
+        if parse_prompt(prompt) is not None:
+            return None
+        return "not a GenEval prompt such as 'a photo of two dogs' or 'a photo of a cat left of a dog'"
+
     def load(self) -> None:
         require_transformers("geneval")
         from transformers import Owlv2ForObjectDetection, Owlv2Processor

@@ -76,6 +76,11 @@ class OcrReward(Reward):
         self.min_confidence = float(min_confidence)
         self._engine: Any = None
 
+    def prompt_problem(self, prompt: str) -> str | None:
+        if extract_target_text(prompt).strip():
+            return None
+        return 'no text in double quotes to render, as in: a sign that says "OPEN"'
+
     def load(self) -> None:
         try:
             from rapidocr_onnxruntime import RapidOCR

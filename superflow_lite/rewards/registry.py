@@ -46,6 +46,9 @@ class WeightedSum(Reward):
         self.high = float(sum(w * (r.high if w >= 0 else r.low) for r, w in self.parts))
         self.name = "+".join(f"{w:g}*{r.name}" for r, w in self.parts)
 
+    def prompt_problem(self, prompt: str) -> str | None:
+        return next((p for r, _ in self.parts if (p := r.prompt_problem(prompt))), None)
+
     def score(self, images: Sequence[Image.Image], prompts: Sequence[str], metadata) -> RewardOutput:
         total = np.zeros(len(images), dtype=np.float32)
         extras: dict[str, np.ndarray] = {}
@@ -84,7 +87,9 @@ def _construct(name: str, device: str, opts: dict) -> Reward:
     """Instantiate one reward; a misspelt option names the options the reward takes."""
     cls = _REGISTRY[name]
     params = inspect.signature(cls.__init__).parameters
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    # Reward.__init__'s own **options is the base's catch-all, not options this reward reads.
+    takes_any = cls.__init__ is not Reward.__init__ and any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     valid = [p for p in params if p not in ("self", "device", "options")]
     unknown = [k for k in opts if k not in valid]
     if unknown and not takes_any:

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from .base import Reward, RewardOutput, RewardUnavailable
+from .base import Reward, RewardOutput, RewardUnavailable, check_finite_scores
 from .registry import register
 
 IMAGE_FORMATS = ("png", "jpeg")
@@ -175,6 +175,8 @@ class RemoteReward(Reward):
     ) -> RewardOutput:
         body = encode_request(images, prompts, metadata, self.image_format, self.jpeg_quality)
         out = decode_response(self._request("/score", body), len(images))
+        # Before the clip: clipping would turn +inf into `high` and train on a lie.
+        check_finite_scores(f"remote ({self.url})", out.scores, prompts)
         out.scores = np.clip(out.scores, self.low, self.high)
         return out
 

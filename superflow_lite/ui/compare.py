@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from .runs import lora_file
+from ..rundir import CONFIG_FILE, LORA_DIR, lora_file
 
 
 @dataclass
@@ -72,7 +72,7 @@ class Comparer:
         if self._adapter:
             pipe.delete_adapters([self._adapter[0]])
         name = f"run{abs(hash(key)) % 10**8}"  # adapter names must be unique per load
-        pipe.load_lora_weights(str(run_path / "lora"), adapter_name=name)
+        pipe.load_lora_weights(str(run_path / LORA_DIR), adapter_name=name)
         self._adapter = (name, *key)
         return name
 
@@ -90,7 +90,7 @@ class Comparer:
         import torch
 
         run_path = Path(run_path)
-        cfg = yaml.safe_load((run_path / "config.yaml").read_text())
+        cfg = yaml.safe_load((run_path / CONFIG_FILE).read_text())
         sampling = cfg["sampling"]
         num_steps = int(num_steps or sampling["eval_num_steps"])
         guidance = float(sampling["eval_guidance_scale"] if guidance_scale is None else guidance_scale)

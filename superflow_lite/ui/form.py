@@ -8,7 +8,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import Config, ConfigError, build_config
+from ..config import Config, ConfigError, build_config, parse_override
 
 # Form field -> config key: the settings most runs change.
 COMMON_FIELDS = {
@@ -101,12 +101,31 @@ def parse_extra(text: str) -> list[str]:
             continue
         if line.startswith("-") or "=" not in line:
             raise ConfigError(f"override {line!r} must look like section.key=value (e.g. train.lr=1e-4)")
-        key = line.split("=", 1)[0].strip()
-        if key in APP_OWNED_KEYS:
-            raise ConfigError(f"override {line!r}: the app sets {key}; "
+        owned = app_owned_key(line)
+        if owned:
+            raise ConfigError(f"override {line!r}: the app sets {owned}; "
                               "use the run name field (runs live in the app's runs folder)")
         out.append(line)
     return out
+
+
+def app_owned_key(override: str) -> str | None:
+    """The app-owned key (output.root, output.name) an override sets, however it is written:
+    output.root=/x, output={root: /x}, output={"name": y}. None when it sets neither."""
+    try:
+        path, value = parse_override(override)
+    except ConfigError:
+        return None  # not an override at all: the caller's own check rejects it
+    for owned in APP_OWNED_KEYS:
+        parts = owned.split(".")
+        node, rest = value, parts[len(path):]
+        if path != parts[:len(path)]:
+            continue
+        while rest and isinstance(node, dict) and rest[0] in node:
+            node, rest = node[rest[0]], rest[1:]
+        if not rest:
+            return owned
+    return None
 
 
 def stored_prompt_file(upload: str, uploads_dir: Path) -> str:

@@ -22,8 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import ConfigError, parse_override, to_yaml
-from .runs import (ACTIVE_STATES, CONSOLE_FILE, EXIT_FILE, FINAL_STATES, LAUNCH_FILE, RUN_NAME, display_state,
-                   is_our_process, is_run_dir, latest_checkpoint_iteration, list_runs, lora_file, read_json)
+from ..rundir import (ACTIVE_STATES, CONSOLE_FILE, EXIT_FILE, FINAL_STATES, LAUNCH_FILE, LORA_DIR, STATUS_FILE,
+                      is_our_process, is_run_dir, lora_file, read_json, run_state)
+from .form import app_owned_key
+from .runs import RUN_NAME, list_runs
 from .supervise import lock_holder
 
 PACKAGE_PARENT = Path(__file__).resolve().parents[2]  # so the subprocess imports this same package
@@ -82,74 +84,75 @@ class RunManager:
         return self.root / ".uploads"
 
     # ------------------------------------------------------------------ launching
+    def check_overrides(self, overrides: list[str]) -> None:
+        """Dotted key=value overrides only, none of them setting the run's folder, in any
+        spelling (output.root=..., output={root: ...}, ...): runs stay in the runs folder."""
+        for text in overrides:
+            if not isinstance(text, str) or text.startswith("-"):
+                raise ConfigError(f"override {text!r} must look like section.key=value (e.g. train.lr=1e-4)")
+            parse_override(text)
+            owned = app_owned_key(text)
+            if owned:
+                raise ConfigError(f"override {text!r}: the app sets {owned}; use the run name field "
+                                  f"(runs live in the app's runs folder {self.root})")
+
     def preview(self, preset: str, overrides: list[str], name: str = "") -> Preview:
-        """Resolve the config as the CLI will; raise ConfigError/LaunchError with its message."""
+        """Check the launch as the CLI will (its launch gate); raise ConfigError/LaunchError
+        with the CLI's message."""
         from ..config import available_presets
-        from ..train import UsageError, parse_args, resolve
+        from ..launch import UsageError, gate
+        from ..train import parse_args
 
         if preset != "auto" and preset not in available_presets():  # the CLI's words, no path games
             raise ConfigError(f"unknown preset {preset!r}; available: {', '.join(available_presets())}")
-        for text in overrides:
-            if text.startswith("-"):
-                raise ConfigError(f"override {text!r} must look like section.key=value (e.g. train.lr=1e-4)")
-            parse_override(text)
+        self.check_overrides(overrides)
         if name:
             self.run_path(name)
+        # The app's keys go last, so nothing before them can move the run elsewhere.
         pinned = [f"output.root={self.root}"] + ([f"output.name={name}"] if name else [])
-        args = parse_args(["--preset", preset, *pinned, *overrides])
         try:
-            cfg, run_path = resolve(args)
+            launch = gate(parse_args(["--preset", preset, *overrides, *pinned]))
         except UsageError as err:
             raise LaunchError(str(err)) from None
+        cfg = launch.cfg
         name = cfg.output.name  # the CLI's default name when the field was empty
         path = self.run_path(name)
+        if Path(cfg.output.root).resolve() != self.root or launch.run_path.resolve() != path:
+            raise LaunchError(f"the run would be written to {launch.run_path}, outside the runs folder {self.root}")
         if is_run_dir(path):
             raise LaunchError(f"a run named {name!r} already exists in {self.root}; choose another name, or resume it")
-        train_args = ["--preset", preset, f"output.root={self.root}", f"output.name={name}", *overrides]
+        train_args = ["--preset", preset, *overrides, f"output.root={self.root}", f"output.name={name}"]
         return Preview(name=name, run_path=path, config_yaml=to_yaml(cfg), train_args=train_args)
 
     def start(self, preset: str, overrides: list[str], name: str = "") -> Preview:
         with self._lock:
             self._refuse_if_busy()
             preview = self.preview(preset, overrides, name)
-            self._check_machine(preview)
             preview.run_path.mkdir(parents=True, exist_ok=True)
             self._spawn(preview.name, preview.run_path, preview.train_args)
             return preview
 
     def resume(self, name: str, overrides: list[str] | None = None) -> str:
-        """Continue a stopped, failed or done run from its latest checkpoint. Returns the command."""
-        from ..train import UsageError, parse_args, resolve
+        """Continue a stopped, failed or done run from its latest intact checkpoint, after the
+        CLI's launch gate passed on it. Returns the command."""
+        from ..launch import UsageError, gate
+        from ..train import parse_args
 
         overrides = list(overrides or [])
+        self.check_overrides(overrides)
         with self._lock:
             path = self.existing_run(name)
-            state = display_state(path)
+            state = run_state(path)
             if state in ACTIVE_STATES:
                 raise LaunchError(f"run {name!r} is {state}; stop it before resuming")
             self._refuse_if_busy()
             train_args = ["--resume", str(path), *overrides]
             try:
-                cfg, _ = resolve(parse_args(train_args))
+                gate(parse_args(train_args))
             except UsageError as err:
                 raise LaunchError(str(err)) from None
-            done_at = latest_checkpoint_iteration(path)
-            if state == "done" and done_at is not None and done_at >= cfg.train.iterations:
-                raise LaunchError(f"run {name!r} is done ({done_at}/{cfg.train.iterations} iterations); "
-                                  "raise train.iterations to continue it")
             self._spawn(name, path, train_args)
             return shlex.join(["python", "-m", "superflow_lite.train", *train_args])
-
-    def _check_machine(self, preview: Preview) -> None:
-        """The CLI's own check that the machine can run the preset (a GPU preset on a CPU)."""
-        from ..config import build_config
-        from ..train import UsageError, check_machine, parse_args
-
-        args = parse_args(preview.train_args)
-        try:
-            check_machine(build_config(args.preset, None, args.overrides))
-        except UsageError as err:
-            raise LaunchError(str(err)) from None
 
     def _spawn(self, name: str, path: Path, train_args: list[str]) -> None:
         (path / EXIT_FILE).unlink(missing_ok=True)
@@ -201,32 +204,32 @@ class RunManager:
 
     def _is_exiting(self, active: str) -> bool:
         path = self.root / Path(active).name
-        return path.parent == self.root and display_state(path) in FINAL_STATES
+        return path.parent == self.root and run_state(path) in FINAL_STATES
 
     # ------------------------------------------------------------------ stop, delete, download
     def stop(self, name: str) -> str:
         """Graceful stop: the trainer finishes its iteration, checkpoints and exports."""
         path = self.existing_run(name)
-        state = display_state(path)
+        state = run_state(path)
         if state == "stopping":
             return f"run {name!r} is already stopping: it finishes the current iteration, then checkpoints"
         if state not in ACTIVE_STATES:
             raise LaunchError(f"run {name!r} is {state}; nothing to stop")
         launch = read_json(path / LAUNCH_FILE) or {}
-        status_pid = (read_json(path / "status.json") or {}).get("pid")
+        status_pid = (read_json(path / STATUS_FILE) or {}).get("pid")
         for pid in (launch.get("supervisor_pid"), status_pid):
             if is_our_process(pid):
                 os.kill(int(pid), signal.SIGTERM)
                 if pid == launch.get("supervisor_pid"):  # it records the request: wait, so the state says so
                     deadline = time.monotonic() + 5.0
-                    while time.monotonic() < deadline and display_state(path) not in ("stopping",) + FINAL_STATES:
+                    while time.monotonic() < deadline and run_state(path) not in ("stopping",) + FINAL_STATES:
                         time.sleep(0.05)
                 return f"stopping {name!r}: it finishes the current iteration, checkpoints and exports its LoRA"
         raise LaunchError(f"run {name!r} has no live process to stop")
 
     def delete(self, name: str) -> None:
         path = self.existing_run(name)
-        state = display_state(path)
+        state = run_state(path)
         if state in ACTIVE_STATES:
             raise LaunchError(f"run {name!r} is {state}; stop it before deleting it")
         self._children.pop(name, None)
@@ -242,8 +245,8 @@ class RunManager:
         if not out.exists() or out.stat().st_mtime < weights.stat().st_mtime:
             tmp = out.with_name(f".{out.name}.tmp")
             with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
-                for f in sorted((path / "lora").rglob("*")):
+                for f in sorted((path / LORA_DIR).rglob("*")):
                     if f.is_file():
-                        zf.write(f, Path("lora") / f.relative_to(path / "lora"))
+                        zf.write(f, Path(LORA_DIR) / f.relative_to(path / LORA_DIR))
             os.replace(tmp, out)
         return out

@@ -1,89 +1,26 @@
 """Readers of run directories for the app: what state a run is in, how far it got, what
 to plot, which samples to show, and why it failed. No torch, no gradio.
 
-Beside the trainer's files (rundir.py), a run launched from the app has three more, all
-written by its supervisor (supervise.py):
-    <run>/launch.json   supervisor and trainer pids, the command, start time, stop request
-    <run>/exit.json     the training process's exit code, once it has ended
-    <run>/console.log   the training process's stdout and stderr
+What a run is, its files and its state are the run contract's (rundir.py); this module
+only reads them. A run launched from the app has three more files, written by its
+supervisor (supervise.py): launch.json, exit.json and console.log.
 """
 from __future__ import annotations
 
-import json
 import math
 import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..rundir import effective_state, is_process_alive, list_sample_steps, read_metrics, read_samples, read_status
+from ..rundir import (ACTIVE_STATES, CONFIG_FILE, CONSOLE_FILE, EXIT_FILE, LAUNCH_FILE, LOG_FILE, STATUS_FILE,
+                      is_run_dir, latest_checkpoint_iteration, list_sample_steps, lora_file, read_json, read_metrics,
+                      read_samples, read_status, run_state)
 
-LAUNCH_FILE = "launch.json"
-EXIT_FILE = "exit.json"
-CONSOLE_FILE = "console.log"
-ACTIVE_STATES = ("starting", "running", "stopping")
-FINAL_STATES = ("done", "stopped", "failed")
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-# A graceful stop ends with 0 (checkpointed), or by the signal itself if it came before
-# the trainer installed its handler: SIGINT -> 130 / -2, SIGTERM -> 143 / -15.
-STOP_EXIT_CODES = (0, 130, 143, -2, -15)
 OOM_PATTERNS = ("out of memory", "outofmemoryerror", "cuda error: out of memory", "cannot allocate memory")
-
-
-def read_json(path: Path) -> dict | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def is_our_process(pid: int | None) -> bool:
-    """Alive, not a zombie, and (where /proc tells) a superflow_lite process: a reused pid
-    of some other program does not keep a dead run 'running'."""
-    if not pid or not is_process_alive(int(pid)):
-        return False
-    proc = Path(f"/proc/{int(pid)}")
-    try:
-        stat = (proc / "stat").read_text()
-        if stat.rsplit(")", 1)[1].split()[0] in ("Z", "X"):
-            return False
-        return b"superflow_lite" in (proc / "cmdline").read_bytes()
-    except (OSError, IndexError):
-        return True  # no /proc (macOS): trust the signal-0 check
-
-
-def is_run_dir(path: Path) -> bool:
-    return path.is_dir() and any((path / f).exists() for f in ("config.yaml", "status.json", LAUNCH_FILE, CONSOLE_FILE))
-
-
-def display_state(path: str | Path) -> str:
-    """starting / running / stopping / stopped / done / failed / unknown, as the user should
-    see it: a run whose process died is 'failed', never stuck as 'running'."""
-    path = Path(path)
-    status = read_status(path) or {}
-    launch = read_json(path / LAUNCH_FILE)
-    ended = read_json(path / EXIT_FILE)
-    state = status.get("state")
-    stop_requested = bool(launch and launch.get("stop_requested_at"))
-    if ended is not None:
-        if state in FINAL_STATES and status.get("pid") == ended.get("trainer_pid"):
-            return state
-        if stop_requested and ended.get("returncode") in STOP_EXIT_CODES:
-            return "stopped"  # stopped before the trainer wrote a final status
-        return "failed"
-    if launch is not None and is_our_process(launch.get("supervisor_pid")):
-        own = status.get("pid") == launch.get("trainer_pid")
-        current = state if own and state in ACTIVE_STATES + FINAL_STATES else "starting"
-        return "stopping" if stop_requested and current in ACTIVE_STATES else current
-    if state in ACTIVE_STATES and not is_our_process(status.get("pid")):
-        return "failed"  # its process is gone (or the pid now belongs to another program)
-    if state == "starting":
-        return "starting"  # loading a large model can outlast the heartbeat window
-    state = effective_state(path)  # a live process whose heartbeat stopped is failed too
-    if state == "unknown" and launch is not None:
-        return "failed"  # launched, and the supervisor is gone without a word
-    return state
+# The app shows the run contract's one derived state.
+display_state = run_state
 
 
 @dataclass
@@ -115,7 +52,7 @@ def _fmt(value: float | None) -> str:
 def run_preset(path: Path) -> str:
     """The preset line of config.yaml, read without parsing the whole file."""
     try:
-        for line in (path / "config.yaml").read_text().splitlines():
+        for line in (path / CONFIG_FILE).read_text().splitlines():
             if line.startswith("preset:"):
                 return line.split(":", 1)[1].strip().strip("'\"")
     except OSError:
@@ -128,7 +65,7 @@ def summarize(path: Path) -> RunSummary:
     rows = read_metrics(path)
     train_rows = [r for r in rows if "reward/mean" in r]
     eval_rows = [r for r in rows if r.get("eval/reward_mean") is not None]
-    mtimes = [p.stat().st_mtime for p in (path / "status.json", path / LAUNCH_FILE, path) if p.exists()]
+    mtimes = [p.stat().st_mtime for p in (path / STATUS_FILE, path / LAUNCH_FILE, path) if p.exists()]
     return RunSummary(
         name=path.name,
         path=path,
@@ -150,18 +87,6 @@ def list_runs(root: str | Path) -> list[RunSummary]:
         return []
     runs = [summarize(p) for p in root.iterdir() if not p.name.startswith(".") and is_run_dir(p)]
     return sorted(runs, key=lambda r: r.updated, reverse=True)
-
-
-def lora_file(path: Path) -> Path | None:
-    f = path / "lora" / "pytorch_lora_weights.safetensors"
-    return f if f.is_file() else None
-
-
-def latest_checkpoint_iteration(path: Path) -> int | None:
-    """The iteration of the newest checkpoint file (ckpt-<iteration>.pt), if any."""
-    names = [p.name for p in (path / "checkpoints").glob("ckpt-*.pt")]
-    found = [int(m.group(1)) for name in names if (m := re.match(r"ckpt-(\d+)\.pt$", name))]
-    return max(found) if found else None
 
 
 # ----------------------------------------------------------------------------- progress
@@ -275,7 +200,7 @@ def tail(path: Path, lines: int = 60, max_bytes: int = 256_000) -> str:
 def log_tail(path: Path, lines: int = 60) -> str:
     """console.log (stdout + stderr, so it holds errors raised before logging started),
     else the trainer's train.log (a run started from the command line)."""
-    for name in (CONSOLE_FILE, "train.log"):
+    for name in (CONSOLE_FILE, LOG_FILE):
         if (path / name).is_file():
             return tail(path / name, lines)
     return ""

@@ -20,8 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..rundir import atomic_write_text
-from .runs import EXIT_FILE, LAUNCH_FILE
+from ..rundir import EXIT_FILE, LAUNCH_FILE, atomic_write_text, process_started
 
 LOCK_BUSY_EXIT = 75  # EX_TEMPFAIL: another run holds the machine
 
@@ -57,7 +56,8 @@ def main(argv: list[str]) -> int:
         print("usage: python -m superflow_lite.ui.supervise RUN_DIR LOCK_FILE -- CMD...", file=sys.stderr)
         return 2
     run_dir, lock_path, cmd = Path(argv[0]), Path(argv[1]), argv[3:]
-    launch = {"supervisor_pid": os.getpid(), "trainer_pid": None, "command": cmd, "started": time.time(),
+    launch = {"supervisor_pid": os.getpid(), "supervisor_started": process_started(), "trainer_pid": None,
+              "command": cmd, "started": time.time(),
               "stop_requested_at": None}
     stop = {"requested": False}
 

@@ -9,7 +9,7 @@ import gradio as gr
 import pandas as pd
 
 from ..config import ConfigError
-from ..rundir import read_metrics, read_status
+from ..rundir import METRICS_FILE, SAMPLES_DIR, read_metrics, read_status
 from .compare import Comparer
 from .form import COMMON_FIELDS, LaunchForm, builtin_prompt_sets, preset_values
 from .manager import LaunchError, RunManager
@@ -128,7 +128,7 @@ class Views:
     @staticmethod
     def _signature(path: Path, step) -> str:
         parts = [str(path), str(step)]
-        for f in (path / "metrics.jsonl", path / "samples"):
+        for f in (path / METRICS_FILE, path / SAMPLES_DIR):
             parts.append(str(f.stat().st_mtime_ns) if f.exists() else "-")
         samples = path / "samples"
         if samples.is_dir():

@@ -21,7 +21,7 @@ from PIL import Image
 from ..rewards.base import Reward, RewardOutput
 from ..rewards.registry import register
 from .detect import Detection, detect_shapes
-from .parser import parse_caption
+from .parser import CaptionError, parse_caption
 from .shapes import RELATION_MARGIN, SceneSpec, relation_holds
 
 POSITION_WEIGHT = 1.0 / 3.0  # position prompts: a third of the score is the relation
@@ -102,6 +102,13 @@ class ShapesReward(Reward):
     """
 
     low, high = 0.0, 1.0
+
+    def prompt_problem(self, prompt: str) -> str | None:
+        try:
+            parse_caption(prompt)
+        except CaptionError as err:
+            return str(err)
+        return None
 
     def score(
         self, images: Sequence[Image.Image], prompts: Sequence[str], metadata: Sequence[dict]
