@@ -159,6 +159,8 @@ class OutputConfig:
     eval_every: int = 5
     checkpoint_every: int = 5
     log_every: int = 1
+    report_to: Literal["none", "tensorboard", "wandb"] = "none"
+    """Also log metrics and eval images to a tracker (accelerate's integration); metrics.jsonl is always written."""
 
 
 @dataclass

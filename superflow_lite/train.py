@@ -100,6 +100,9 @@ def check_references(cfg: Config) -> None:
         if name not in names:
             raise ConfigError(f"unknown reward {name!r} in reward.weights; available: {', '.join(names)}")
     load_prompts(cfg.prompts)
+    from .tracking import require_tracker
+
+    require_tracker(cfg.output.report_to)
 
 
 def setup_logging(log_file: Path) -> None:
@@ -116,6 +119,7 @@ def setup_logging(log_file: Path) -> None:
 
 
 def run_training(cfg: Config, run_path: Path, resume: bool, progress: bool = True) -> int:
+    from .console import hide_loading_bars
     from .export import loading_snippet
     from .rundir import Heartbeat, RunDir
     from .trainer import StopRequested, Trainer
@@ -123,6 +127,7 @@ def run_training(cfg: Config, run_path: Path, resume: bool, progress: bool = Tru
     run = RunDir(run_path)
     run.create()
     setup_logging(run.log_path)
+    hide_loading_bars()
     if not resume:
         run.config_path.write_text(to_yaml(cfg))
     run.write_status(state="starting", iteration=0, iterations=cfg.train.iterations, name=run_path.name)
@@ -146,14 +151,16 @@ def run_training(cfg: Config, run_path: Path, resume: bool, progress: bool = Tru
         log.error("run failed: %s\n%s", err, traceback.format_exc())
         raise
     run.write_status(state=state, iteration=trainer.iteration)
-    log.info("%s after %d iterations; LoRA in %s", state, trainer.iteration, run.lora_dir)
-    print(f"\nLoRA written to {run.lora_dir}\nLoad it with:\n\n{loading_snippet(cfg.model.name_or_path, run.lora_dir)}\n")
+    print(f"\nLoad the LoRA with:\n\n{loading_snippet(cfg.model.name_or_path, run.lora_dir)}\n")
     if state == "stopped":
         print(f"Resume with: python -m superflow_lite.train --resume {run_path}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .console import filter_library_notices
+
+    filter_library_notices()  # before the rewards' and models' imports say anything
     args = parse_args(argv)
     try:
         cfg, run_path = resolve(args)

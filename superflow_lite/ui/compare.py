@@ -56,7 +56,7 @@ class Comparer:
             from diffusers import StableDiffusion3Pipeline
 
             pipe = StableDiffusion3Pipeline.from_pretrained(model["name_or_path"], revision=model.get("revision"),
-                                                            torch_dtype=dtype)
+                                                            dtype=dtype)
         pipe.set_progress_bar_config(disable=True)
         self._pipe, self._base_key = pipe.to(device), key
         return pipe
