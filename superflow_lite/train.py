@@ -11,6 +11,7 @@ Exit codes: 0 done or stopped, 1 the run failed, 2 bad input (message says what 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import time
@@ -129,7 +130,8 @@ def run_training(cfg: Config, run_path: Path, resume: bool, progress: bool = Tru
     setup_logging(run.log_path)
     hide_loading_bars()
     if not resume:
-        run.config_path.write_text(to_yaml(cfg))
+        # Re-runnable as `--config <run>/config.yaml`: the name stays empty, so a re-run gets a fresh one.
+        run.config_path.write_text(to_yaml(dataclasses.replace(cfg, output=dataclasses.replace(cfg.output, name=""))))
     run.write_status(state="starting", iteration=0, iterations=cfg.train.iterations, name=run_path.name)
     log.info("run directory %s (preset %s, algorithm %s, base model %s)", run_path, cfg.preset, cfg.algorithm, cfg.model.name_or_path)
     # Before the model loads: a stop or a watcher's liveness check may come at any time.
