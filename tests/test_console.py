@@ -119,3 +119,18 @@ def test_eval_line_and_summary_read_as_before_and_after():
     assert lines[0] == "done after 20/20 iterations, 960 rollouts, in 3m54s"
     assert lines[1] == "test reward: 0.750 -> 0.800 (+0.050, step 0 -> 20)"
     assert lines[-1] == "samples: runs/r/samples/000000 (before) and runs/r/samples/000020 (after)"
+
+
+def test_config_yaml_reruns_with_config_under_a_fresh_name(short_run, capsys, tmp_path, monkeypatch):
+    import yaml
+
+    from superflow_lite.train import main
+
+    out, _, _ = short_run
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["output"]["name"] == ""  # no baked run name: a re-run never collides with this run
+    monkeypatch.chdir(tmp_path)
+    assert main(["--config", str(out / "config.yaml"), "--print-config"]) == 0
+    again = yaml.safe_load(capsys.readouterr().out)
+    assert again["output"]["name"].startswith("tiny-superflow-")
+    assert {k: v for k, v in again.items() if k != "output"} == {k: v for k, v in saved.items() if k != "output"}
