@@ -191,6 +191,8 @@ class OutputConfig:
     """Iterations between checkpoints: at most this many iterations are lost to a crash."""
     log_every: int = 1
     """Kept for configs that set it; the trainer logs every iteration."""
+    report_to: Literal["none", "tensorboard", "wandb"] = "none"
+    """Also log metrics and eval images to a tracker (accelerate's integration); metrics.jsonl is always written."""
 
 
 @dataclass

@@ -279,4 +279,7 @@ def gate(args: argparse.Namespace) -> Launch:
     check_machine(cfg)
     check_model(cfg)
     check_rewards_and_prompts(cfg)
+    from .tracking import require_tracker
+
+    require_tracker(cfg.output.report_to)
     return Launch(cfg, run_path, resume, resume_from)

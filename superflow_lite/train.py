@@ -13,6 +13,7 @@ Exit codes: 0 done or stopped cleanly, 1 the run failed (message and the log's p
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -49,6 +50,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-4")
     # Intermixed: overrides may come before and after options (the app and scripts build argv freely).
     return parser.parse_intermixed_args(argv)
+
+
+def rerunnable_yaml(cfg) -> str:
+    """The run's config.yaml: re-runnable as `--config <run>/config.yaml`, so the name stays
+    empty and a re-run gets a fresh one."""
+    return to_yaml(dataclasses.replace(cfg, output=dataclasses.replace(cfg.output, name="")))
 
 
 def setup_logging(log_file) -> None:
@@ -100,6 +107,7 @@ def run_training(launch: Launch, progress: bool = True) -> int:
 
 
 def _train_locked(launch: Launch, run: RunDir, progress: bool) -> int:
+    from .console import hide_loading_bars
     from .export import loading_snippet
     from .rewards.base import NonFiniteReward
     from .trainer import StopRequested, Trainer
@@ -107,8 +115,9 @@ def _train_locked(launch: Launch, run: RunDir, progress: bool) -> int:
     cfg = launch.cfg
     clean_temp_files(run.path)
     setup_logging(run.log_path)
+    hide_loading_bars()
     if not launch.resume:
-        run.write_config(to_yaml(cfg))
+        run.write_config(rerunnable_yaml(cfg))
     start = {"iteration": 0} if not launch.resume else {}
     run.write_status(state=STARTING, iterations=cfg.train.iterations, name=run.path.name, error=None, **start)
     log.info("run directory %s (preset %s, algorithm %s, base model %s)", run.path, cfg.preset, cfg.algorithm,
@@ -122,7 +131,7 @@ def _train_locked(launch: Launch, run: RunDir, progress: bool) -> int:
             trainer = Trainer(cfg, run, stop)
             if launch.resume:
                 trainer.resume()
-                run.write_config(to_yaml(cfg))  # the resume's overrides persist, once its checkpoint loaded
+                run.write_config(rerunnable_yaml(cfg))  # the resume's overrides persist, once its checkpoint loaded
             run.write_status(state=RUNNING, iteration=trainer.iteration)
             state = trainer.fit(progress=progress)
     except KeyboardInterrupt:
@@ -176,6 +185,9 @@ def _interrupted(run: RunDir, trainer) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .console import filter_library_notices
+
+    filter_library_notices()  # before the rewards' and models' imports say anything
     try:
         args = parse_args(argv)
         if args.help_config:

@@ -8,6 +8,7 @@ this same loop under `accelerate launch` (rollouts shard across processes by ind
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import signal
@@ -20,13 +21,14 @@ import torch
 from accelerate import Accelerator
 
 from . import advantages as adv_math
+from . import console, tracking
 from .algorithms import resolve_algorithm
 from .checkpoint import load_latest_intact, rng_state, save_checkpoint, set_rng_state
 from .config import Config
 from .embeddings import PromptEmbeds, PromptEncoder
 from .ema import LoraEMA
 from .evaluation import evaluate_and_save
-from .export import export_lora
+from .export import export_lora, model_card
 from .grouping import GroupPlan, GroupSampler
 from .memory import agree_micro_batch, plan_for_config, retry_on_oom, to_rollout_buffer
 from .models import adapters_disabled, add_lora, load_pipeline, lora_parameters, require_bitsandbytes, resolve_device
@@ -35,7 +37,7 @@ from .prompts import eval_subset, load_prompts
 from .rewards.async_scorer import AsyncRewardScorer
 from .rewards.registry import build_reward
 from .rollout import Schedule, decode_images, initial_noise, make_schedule, predict_velocity, sample_trajectories
-from .rundir import RunDir, atomic_dir
+from .rundir import RunDir, read_metrics
 from .sde import gaussian_logp, kl_to_reference, sde_step_mean_std
 
 log = logging.getLogger("superflow_lite")
@@ -97,7 +99,8 @@ class Trainer:
         self.algo = resolve_algorithm(cfg)
         self.stop = stop or StopRequested()
         self.device = resolve_device(cfg.model.device)
-        self.accelerator = Accelerator(cpu=self.device.type == "cpu")
+        self.accelerator = Accelerator(cpu=self.device.type == "cpu",
+                                       **tracking.accelerator_kwargs(cfg.output.report_to, run.path))
         torch.manual_seed(cfg.train.seed)
         self.pipe = load_pipeline(cfg.model, self.device)
         self.lora_config = add_lora(self.pipe.transformer, cfg.model)
@@ -389,35 +392,61 @@ class Trainer:
                 micro_batch=self.sample_micro_batch, vae_decode=cfg.memory.vae_decode,
             )
 
-    def export(self) -> Path:
-        """Write lora/ whole or not at all: built aside, then swapped in (rundir.atomic_dir)."""
-        with (self.ema.swapped_in() if self.ema else contextlib.nullcontext()), atomic_dir(self.run.lora_dir) as tmp:
-            written = export_lora(self.base_model, self.lora_config, tmp, self.cfg.model.name_or_path)
-        return self.run.lora_dir / written.name
+    def export(self, summary: console.RunSummary | None = None) -> Path:
+        with (self.ema.swapped_in() if self.ema else contextlib.nullcontext()):
+            card = model_card(self.cfg, self.run.path.name, summary)
+            return export_lora(self.base_model, self.lora_config, self.run.lora_dir, card, self.run.path.name)
 
     def fit(self, progress: bool = True) -> str:
         """Train to cfg.train.iterations (or until a stop is requested). Returns the final state."""
         from tqdm.auto import tqdm
+        from tqdm.contrib.logging import logging_redirect_tqdm
 
         cfg, run, main = self.cfg, self.run, self.accelerator.is_main_process
-        total = cfg.train.iterations
-        if self.iteration == 0 and main:
-            run.append_metrics({"iteration": 0, **self.evaluate(0)})
-        bar = tqdm(total=total, initial=self.iteration, disable=not (progress and main), unit="it", dynamic_ncols=True)
+        total, report_to = cfg.train.iterations, cfg.output.report_to
         started, first = time.perf_counter(), self.iteration
-        with AsyncRewardScorer(self.reward) as self.scorer:
+        baseline, latest = console.evaluations(read_metrics(run.path)) if main else (None, None)
+        bar = tqdm(total=total, initial=self.iteration, disable=not (progress and main), unit="it",
+                   dynamic_ncols=True, desc="training")
+        num_images = len(eval_subset(self.prompt_set.test, cfg.prompts.num_eval_prompts)) * len(cfg.prompts.eval_seeds)
+
+        def evaluate(step: int) -> dict:
+            """One evaluation, with an indicator while it runs and its result line after."""
+            nonlocal baseline, latest
+            bar.set_description_str(f"evaluating step {step}")
+            if bar.disable:
+                log.info(console.eval_started_line(step, num_images))
+            metrics = self.evaluate(step)
+            baseline = baseline or metrics
+            latest = (step, metrics)
+            bar.set_description_str("training")
+            log.info(console.eval_line(step, total, metrics, baseline))
+            tracking.log_samples(self.accelerator, report_to, run.samples_dir / f"{step:06d}", step)
+            return metrics
+
+        tracking.init(self.accelerator, report_to, run.path, dataclasses.asdict(cfg))
+        with logging_redirect_tqdm(loggers=[log]), AsyncRewardScorer(self.reward) as self.scorer:
+            if self.iteration == 0 and main:
+                row0 = {"iteration": 0, **evaluate(0)}
+                run.append_metrics(row0)
+                tracking.log_row(self.accelerator, report_to, row0, 0)
+                bar.reset(total)  # the ETA counts training iterations, not the step-0 evaluation
             while self.iteration < total and not self.stop.requested:
                 row = self.train_iteration(self.iteration)
                 self.iteration += 1
                 if self.iteration % cfg.output.eval_every == 0 or self.iteration == total:
-                    row.update(self.evaluate(self.iteration) if main else {})
+                    row.update(evaluate(self.iteration) if main else {})
                 if main:
                     run.append_metrics({k: nan_safe(v) for k, v in row.items()})
+                    tracking.log_row(self.accelerator, report_to, row, self.iteration)
                 if self.iteration % cfg.output.checkpoint_every == 0 or self.iteration == total:
                     self.checkpoint()
                 rate = (time.perf_counter() - started) / (self.iteration - first)
                 eta = rate * (total - self.iteration)
-                bar.set_postfix(rollouts=row["rollouts/iter"], reward=f"{row['reward/mean']:.3f}")
+                postfix = {"rollouts": row["rollouts/iter"], "reward": f"{row['reward/mean']:.3f}"}
+                if latest:
+                    postfix["test"] = f"{latest[1]['eval/reward_mean']:.3f}"
+                bar.set_postfix(postfix)
                 bar.update(1)
                 if main:
                     run.write_status(state="running", iteration=self.iteration, iterations=total,
@@ -428,9 +457,17 @@ class Trainer:
         bar.close()
         if self.stop.requested and self.iteration < total:
             self.checkpoint()
+        state = "stopped" if self.iteration < total else "done"
         if main:
-            self.export()
-        return "stopped" if self.iteration < total else "done"
+            summary = console.RunSummary(
+                state=state, iterations=self.iteration, total=total, rollouts=self.rollouts_total,
+                seconds=time.perf_counter() - started, baseline=baseline, final=latest[1] if latest else None,
+                final_step=latest[0] if latest else None, lora_dir=run.lora_dir, samples_dir=run.samples_dir)
+            self.export(summary)
+            for line in summary.lines():
+                log.info(line)
+        tracking.finish(self.accelerator, report_to)
+        return state
 
 
 def finite_step(grad_norm: float) -> bool:

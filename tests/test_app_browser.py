@@ -1,6 +1,7 @@
-"""A real browser: headless Debian Chromium driven by Playwright opens the app, launches a
-tiny run, sees progress and the first samples, stops it, opens the comparison, downloads
-the LoRA and resumes the run. Screenshots go to the test's tmp dir (printed at the end)."""
+"""A real browser: headless Debian Chromium driven by Playwright opens the app and goes
+launch -> watch -> stop -> resume -> compare -> download with a tiny run, asserting on
+what each page shows. Screenshots go to the test's tmp dir, or to $SUPERFLOW_SCREENSHOTS
+(docs/images for docs/APP.md)."""
 from __future__ import annotations
 
 import os
@@ -36,12 +37,17 @@ def field(page, elem_id: str):
     return page.locator(f"#{elem_id} textarea, #{elem_id} input").first
 
 
-def test_browser_launch_watch_stop_compare(app, tmp_path):
+def shots_dir(tmp_path: Path) -> Path:
+    shots = Path(os.environ.get("SUPERFLOW_SCREENSHOTS") or tmp_path / "screenshots")
+    shots.mkdir(parents=True, exist_ok=True)
+    return shots
+
+
+def test_browser_launch_watch_stop_resume_compare_download(app, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
     demo, manager = app
-    shots = tmp_path / "screenshots"
-    shots.mkdir()
+    shots = shots_dir(tmp_path)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
@@ -56,34 +62,53 @@ def test_browser_launch_watch_stop_compare(app, tmp_path):
         field(page, "field-iterations").fill("200")
         field(page, "extra-overrides").fill("\n".join(TINY))
         page.get_by_role("button", name="Preview config and command").click()
-        expect(page.get_by_text("Ready to launch").first).to_be_visible(timeout=60_000)
+        message = page.locator("#launch-message")
+        expect(message).to_contain_text("Ready to launch", timeout=60_000)
+        expect(message).to_contain_text(re.compile(r"Memory plan: predicted peak \d+\.\d\d GiB"))
         expect(page.get_by_text("output.name=browser-run").first).to_be_visible(timeout=30_000)
-        page.screenshot(path=shots / "1-launch-preview.png", full_page=True)
+        page.screenshot(path=shots / "app_launch.png", full_page=True)
         page.locator("#launch").click()
 
-        # Watch: progress, then the step-0 baseline and the first eval step's samples.
+        # Watch: progress, the evaluation plot, and before/after pairs with their rewards.
         progress = page.locator("#progress")
         expect(progress).to_contain_text("browser-run", timeout=SLOW_MS)
         expect(progress).to_contain_text(re.compile(r"running · iteration [1-9]\d*/200"), timeout=SLOW_MS)
-        expect(page.locator("#samples img").nth(3)).to_be_visible(timeout=SLOW_MS)  # 2 prompts x (baseline + step 1)
-        expect(page.get_by_text("baseline (step 0)").first).to_be_attached(timeout=30_000)
-        page.screenshot(path=shots / "2-watch-running.png", full_page=True)
+        expect(page.locator("#samples img").nth(3)).to_be_visible(timeout=SLOW_MS)  # 2 prompts x (step 0, step 1)
+        captions = page.locator("#samples .caption-label")
+        expect(captions.nth(0)).to_contain_text(re.compile(r"^step 0 · \d\.\d{3}"))
+        expect(captions.nth(1)).to_contain_text(re.compile(r"^step [1-9]\d* · \d\.\d{3}"))
+        first, second = captions.nth(0).inner_text(), captions.nth(1).inner_text()
+        assert first.split(" · ")[2:] == second.split(" · ")[2:]  # the same prompt and seed, side by side
+        expect(page.locator("#sample-pairs")).to_contain_text("change")
+        expect(page.get_by_text("evaluation (test prompts)").first).to_be_attached()
+        page.screenshot(path=shots / "app_watch.png", full_page=True)
 
         page.locator("#watch-stop").click()
         expect(progress).to_contain_text("stopped", timeout=SLOW_MS)
-        page.screenshot(path=shots / "3-watch-stopped.png", full_page=True)
 
-        # Compare: base vs LoRA on the run's eval prompts and seeds.
+        # Runs: resume the stopped run, see it train again, stop it again.
+        page.get_by_role("tab", name="Runs").click()
+        expect(page.locator("#runs-table")).to_contain_text("browser-run", timeout=30_000)
+        page.locator("#runs-resume").click()
+        expect(page.locator("#runs-message")).to_contain_text("Resumed", timeout=30_000)
+        details = page.locator("#run-details")
+        expect(details).to_contain_text(re.compile(r"browser-run: (starting|running)"), timeout=30_000)
+        expect(details).to_contain_text("browser-run: running", timeout=SLOW_MS)
+        page.screenshot(path=shots / "app_runs.png", full_page=True)
+        page.locator("#runs-stop").click()
+        expect(details).to_contain_text("stopped", timeout=SLOW_MS)
+
+        # Compare: base vs LoRA on the run's eval prompts and seeds, with rewards.
         page.get_by_role("tab", name="Compare").click()
         expect(field(page, "compare-prompts")).not_to_have_value("", timeout=30_000)
         page.locator("#compare-generate").click()
-        expect(page.locator("#compare-summary")).to_contain_text("Mean reward", timeout=SLOW_MS)
+        expect(page.locator("#compare-summary")).to_contain_text(re.compile(r"Mean reward: base \*?\*?\d"), timeout=SLOW_MS)
         expect(page.locator("#compare-lora img").first).to_be_visible(timeout=30_000)
-        page.screenshot(path=shots / "4-compare.png", full_page=True)
+        expect(page.locator("#compare-lora .caption-label").first).to_contain_text("reward")
+        page.screenshot(path=shots / "app_compare.png", full_page=True)
 
-        # Runs: download the LoRA, then resume the run and stop it again.
+        # Download: every LoRA format and the model card, zipped outside the run.
         page.get_by_role("tab", name="Runs").click()
-        expect(page.locator("#runs-table")).to_contain_text("browser-run", timeout=30_000)
         download_button = page.locator("#download-lora")
         expect(download_button).to_contain_text("browser-run-lora.zip", timeout=30_000)
         with page.expect_download() as download:
@@ -91,12 +116,9 @@ def test_browser_launch_watch_stop_compare(app, tmp_path):
         saved = tmp_path / "downloaded-lora.zip"
         download.value.save_as(saved)
         with zipfile.ZipFile(saved) as zf:
-            assert "lora/pytorch_lora_weights.safetensors" in zf.namelist()
-        page.locator("#runs-resume").click()
-        expect(page.locator("#runs-message")).to_contain_text("Resumed", timeout=30_000)
-        expect(page.locator("#run-details")).to_contain_text("browser-run: starting", timeout=30_000)
-        page.screenshot(path=shots / "5-runs-resumed.png", full_page=True)
-        page.locator("#runs-stop").click()
-        expect(page.locator("#run-details")).to_contain_text("stopp", timeout=30_000)
+            names = set(zf.namelist())
+        assert {"lora/pytorch_lora_weights.safetensors", "lora/peft/adapter_model.safetensors",
+                "lora/comfyui/browser-run.safetensors", "lora/README.md"} <= names
+        assert not list((manager.root / "browser-run").glob("*.zip"))
         browser.close()
     print(f"screenshots: {shots}: {sorted(os.listdir(shots))}")

@@ -17,7 +17,7 @@ from superflow_lite.ui import runs as runs_mod
 from superflow_lite.ui.form import LaunchForm, parse_extra, preset_values
 from superflow_lite.ui.manager import LaunchError, RunManager
 from superflow_lite.ui.runs import (display_state, failure_report, group_size_histogram, list_runs, metric_series,
-                                    next_preset_down, progress_markdown, sample_gallery)
+                                    next_preset_down, progress_markdown, sample_gallery, sample_pairs)
 
 
 def dead_pid() -> int:
@@ -112,16 +112,26 @@ def test_progress_plots_and_samples(tmp_path):
     assert metric_series(metrics, "clip fraction")["value"] == [0.01]
     assert group_size_histogram(metrics) == {"size": [4], "prompts": [2]}  # the latest iteration
     assert group_size_histogram(metrics[:2]) == {"size": [2, 6], "prompts": [1, 1]}
-    for step, reward_value in ((0, 0.1), (2, 0.3)):
+    # The eval plot shows the step-0 point alone (a scatter), with the series the eval rows have.
+    assert metric_series(metrics[:1], "evaluation (test prompts)") == {"iteration": [0], "value": [0.1],
+                                                                       "series": ["test reward"]}
+    for step, rewards in ((0, (0.1, 0.5)), (2, (0.3, 0.25))):
         d = path / "samples" / f"{step:06d}"
         d.mkdir(parents=True)
-        (d / "000.png").write_bytes(b"png")
-        (d / "index.json").write_text(json.dumps([{"file": "000.png", "prompt": "a red circle", "seed": 0,
-                                                   "reward": reward_value}]))
+        index = [{"file": f"00{i}.png", "prompt": p, "seed": 0, "reward": r, "strict": float(r > 0.2)}
+                 for i, (p, r) in enumerate(zip(("a red circle", "two blue squares"), rewards))]
+        for row in index:
+            (d / row["file"]).write_bytes(b"png")
+        (d / "index.json").write_text(json.dumps(index[::-1] if step else index))  # pairs match by prompt, not order
     items, steps = sample_gallery(path)
     assert steps == [0, 2]
-    assert items[0][1].startswith("baseline (step 0)") and items[1][1].startswith("step 2")
-    assert "reward 0.300" in items[1][1]
+    # Before/after pairs: each prompt's step-0 image, then the same prompt at step 2.
+    assert [c for _, c in items] == ["step 0 · 0.100 ✗ · a red circle · seed 0", "step 2 · 0.300 ✓ · a red circle · seed 0",
+                                     "step 0 · 0.500 ✓ · two blue squares · seed 0",
+                                     "step 2 · 0.250 ✓ · two blue squares · seed 0"]
+    assert [Path(f).parent.name for f, _ in items] == ["000000", "000002"] * 2
+    assert sample_pairs(path) == {"prompt": ["a red circle", "two blue squares"], "seed": [0, 0], "step 0": [0.1, 0.5],
+                                  "later": [0.3, 0.25], "change": [0.2, -0.25]}
     assert "iteration 2/10" in progress_markdown(path) and "16 rollouts" in progress_markdown(path)
     summary = list_runs(tmp_path)[0]
     assert summary.name == "r" and summary.eval_reward == 0.3
@@ -184,6 +194,9 @@ def test_names_stay_inside_the_runs_folder_and_nothing_reaches_a_shell(tmp_path,
             self.pid, self.returncode = 0, 0
 
         def poll(self):
+            return 0
+
+        def wait(self):
             return 0
 
     monkeypatch.setattr("superflow_lite.ui.manager.subprocess.Popen", FakePopen)

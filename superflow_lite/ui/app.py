@@ -12,10 +12,16 @@ import gradio as gr
 from ..config import available_presets
 from .form import COMMON_FIELDS
 from .manager import RunManager
-from .runs import PLOTS
+from .runs import EVAL_PLOT, PLOTS
 from .views import PLOT_TITLES, Views
 
 REFRESH_S = 2.0
+# Gallery captions wrap instead of being cut at one line: the prompt and the reward stay readable.
+CSS = """
+#samples .caption-label, #compare-base .caption-label, #compare-lora .caption-label {
+  white-space: normal !important; max-width: 100% !important; opacity: 0.9 !important; font-size: 11px !important;
+}
+"""
 # After a refresh, keep the log scrolled to its newest line, unless it did not change.
 SCROLL_LOG_JS = """() => {
   const t = document.querySelector('#log-tail textarea');
@@ -74,23 +80,27 @@ def watch_tab():
     progress = gr.Markdown(elem_id="progress")
     failure = gr.Markdown(visible=False, elem_id="failure")
     plots = []
-    for row, titles in enumerate((PLOT_TITLES[:3], PLOT_TITLES[3:5])):
+    for row, titles in enumerate((PLOT_TITLES[:3], PLOT_TITLES[3:6])):
         with gr.Row():
             for title in titles:
                 several = len(PLOTS[title]) > 1
-                plots.append(gr.LinePlot(x="iteration", y="value", color="series" if several else None, title=title,
-                                         y_title="" if several else next(iter(PLOTS[title])), height=220))
+                # Evaluations are points (a run's step 0 is one point, which a line cannot show).
+                kind = gr.ScatterPlot if title == EVAL_PLOT else gr.LinePlot
+                plots.append(kind(x="iteration", y="value", color="series" if several else None, title=title,
+                                  y_title="" if several else next(iter(PLOTS[title])), height=220))
             if row == 1:
-                plots.append(gr.BarPlot(x="size", y="prompts", title=PLOT_TITLES[5], x_title="group size (rollouts)",
+                plots.append(gr.BarPlot(x="size", y="prompts", title=PLOT_TITLES[6], x_title="group size (rollouts)",
                                         height=220))
     with gr.Row():
-        step_dd = gr.Dropdown(["latest"], value="latest", label="Eval step (shown under the step-0 baseline)", scale=1,
-                              allow_custom_value=True)
-    gallery = gr.Gallery(label="Eval samples: baseline (step 0) first, then the chosen step", columns=8,
-                         height="auto", object_fit="contain", format="png", elem_id="samples")
+        step_dd = gr.Dropdown(["latest"], value="latest", label="Eval step (each image beside its step-0 baseline)",
+                              scale=1, allow_custom_value=True)
+    gallery = gr.Gallery(label="Eval samples in before/after pairs: step 0, then the chosen step (reward, ✓ = strict)",
+                         columns=8, height="auto", object_fit="contain", format="png", elem_id="samples")
+    pairs = gr.Dataframe(interactive=False, label="Reward per prompt and seed: step 0 and the chosen step",
+                         elem_id="sample-pairs", max_height=320)
     log = gr.Textbox(label="Log (tail)", lines=14, max_lines=14, autoscroll=True, elem_id="log-tail")
     stop_msg = gr.Markdown()
-    return run_dd, stop_btn, progress, failure, plots, step_dd, gallery, log, stop_msg
+    return run_dd, stop_btn, progress, failure, plots, step_dd, gallery, pairs, log, stop_msg
 
 
 def runs_tab():
@@ -141,14 +151,14 @@ def build_app(manager: RunManager, preset: str | None = None) -> gr.Blocks:
             with gr.Tab("Launch", id="launch"):
                 form, launch_btn, launch_out = launch_tab(views, preset or default_preset())
             with gr.Tab("Watch", id="watch"):
-                w_run, w_stop, progress, failure, plots, step_dd, gallery, log, w_msg = watch_tab()
+                w_run, w_stop, progress, failure, plots, step_dd, gallery, pairs, log, w_msg = watch_tab()
             with gr.Tab("Runs", id="runs"):
                 (table, r_run, r_iters, r_extra, details, r_stop, r_resume, download, delete,
                  confirm_row, confirm, cancel, r_msg) = runs_tab()
             with gr.Tab("Compare", id="compare") as compare_tab_:
                 c_run, c_scale, c_steps, c_prompts, c_seeds, c_go, c_summary, c_base, c_lora, c_table = compare_tab()
 
-        watch_outputs = [progress, failure, *plots, gallery, step_dd, log, watch_sig]
+        watch_outputs = [progress, failure, *plots, gallery, pairs, step_dd, log, watch_sig]
         launch_btn.click(views.launch, form, [*launch_out, w_run, tabs], api_name="launch")
         for trigger in (w_run.change, step_dd.change):
             trigger(views.watch, [w_run, step_dd, gr.State(None)], watch_outputs, show_progress="hidden",
@@ -194,10 +204,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def launch(manager: RunManager, host: str = "127.0.0.1", port: int | None = None, preset: str | None = None,
            block: bool = True) -> gr.Blocks:
+    from ..console import filter_library_notices, hide_loading_bars
+
+    filter_library_notices()  # Compare loads pipelines and LoRAs in this process
+    hide_loading_bars()
     manager.root.mkdir(parents=True, exist_ok=True)
     demo = build_app(manager, preset)
     demo.queue(default_concurrency_limit=4)
-    demo.launch(server_name=host, server_port=port, allowed_paths=[str(manager.root)],
+    demo.launch(server_name=host, server_port=port, allowed_paths=[str(manager.root)], css=CSS,
                 prevent_thread_lock=not block, show_error=True, quiet=not block)
     return demo
 

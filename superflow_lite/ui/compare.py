@@ -1,9 +1,13 @@
 """Base model vs a run's LoRA, on the same prompts and seeds, each image scored by the
-run's reward. The LoRA is loaded the way a user loads it (export.loading_snippet):
+run's reward. The base model loads as the run loaded it (models.load_pipeline: its
+quantization, dtype and text-encoder offload), the LoRA the way a user loads it:
 
-    pipe = StableDiffusion3Pipeline.from_pretrained(<the run's base model>)
     pipe.load_lora_weights("<run>/lora", adapter_name=...)
     pipe.set_adapters([...], adapter_weights=[scale])
+
+and images come from the run's own evaluation sampler, so at scale 1 they are the run's
+eval samples. On a GPU that a training run is using, Compare first checks that the model
+fits beside it and refuses with the numbers if not.
 
 torch and diffusers are imported on first use, so the rest of the app starts fast.
 """
@@ -18,6 +22,10 @@ import yaml
 from ..rundir import CONFIG_FILE, LORA_DIR, lora_file
 
 
+class CompareRefused(RuntimeError):
+    """Compare cannot run now (no room beside a training run); the message says why."""
+
+
 @dataclass
 class ComparedImage:
     prompt: str
@@ -28,38 +36,64 @@ class ComparedImage:
     lora_reward: float
 
 
+def compare_need_bytes(config) -> int:
+    """What Compare holds on the GPU: the frozen parts as the run places them plus one
+    sampling step (the memory plan's static terms + its sample phase; the LoRA's optimizer
+    terms make this a slight over-estimate)."""
+    from ..memory import plan_for_config
+
+    plan = plan_for_config(config)
+    return plan.static_bytes + plan.phase_bytes("sample")
+
+
+def check_room_beside(config, training_run: str | None, free_bytes: int) -> None:
+    """Refuse when a training run holds the GPU and the model would not fit in what is free."""
+    from ..memory import GIB
+
+    need = compare_need_bytes(config)
+    if training_run and need > free_bytes:
+        raise CompareRefused(
+            f"run {training_run!r} is training on this GPU: {free_bytes / GIB:.1f} GiB are free and Compare needs about "
+            f"{need / GIB:.1f} GiB for {config.model.name_or_path} as the run loads it "
+            f"(transformer_quant={config.model.transformer_quant}, text_encoder_3={config.model.text_encoder_3}). "
+            "Stop the run (it checkpoints first) or compare when it has finished.")
+
+
 class Comparer:
     """Keeps one base pipeline and the last run's adapter loaded between calls."""
 
     def __init__(self) -> None:
         self._pipe = None
+        self._encoder = None
         self._base_key: tuple | None = None
         self._adapter: tuple | None = None  # (adapter name, lora dir, file mtime)
         self._rewards: dict[str, object] = {}
         self._lock = threading.Lock()
 
-    def _load_base(self, cfg: dict):
+    def _load_base(self, cfg: dict, training_run: str | None):
+        """The run's frozen pipeline and prompt encoder, loaded once per model config."""
+        import dataclasses
+
         import torch
 
-        model = cfg["model"]
-        device = "cuda" if torch.cuda.is_available() and model.get("device") != "cpu" else "cpu"
-        dtype = getattr(torch, model.get("dtype", "float32")) if device == "cuda" else torch.float32
-        key = (model["name_or_path"], model.get("revision"), device, str(dtype))
+        from ..config import config_from_dict
+        from ..embeddings import PromptEncoder
+        from ..models import load_pipeline, resolve_device
+
+        config = config_from_dict(cfg)
+        device = resolve_device(config.model.device)
+        key = (repr(dataclasses.asdict(config.model)), str(device))
         if self._base_key == key:
-            return self._pipe
-        self._pipe, self._adapter = None, None
-        if model["name_or_path"] == "world":
-            from ..world.model import load_world_pipeline
-
-            pipe = load_world_pipeline(torch_dtype=dtype)
-        else:
-            from diffusers import StableDiffusion3Pipeline
-
-            pipe = StableDiffusion3Pipeline.from_pretrained(model["name_or_path"], revision=model.get("revision"),
-                                                            torch_dtype=dtype)
+            return self._pipe, self._encoder
+        self._pipe = self._encoder = self._adapter = self._base_key = None
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            check_room_beside(config, training_run, torch.cuda.mem_get_info(device)[0])
+        pipe = load_pipeline(config.model, device)
         pipe.set_progress_bar_config(disable=True)
-        self._pipe, self._base_key = pipe.to(device), key
-        return pipe
+        encoder = PromptEncoder(pipe, device, config.sampling.max_sequence_length, config.memory.embed_cache_size)
+        self._pipe, self._encoder, self._base_key = pipe, encoder, key
+        return pipe, encoder
 
     def _load_lora(self, pipe, run_path: Path) -> str:
         weights = lora_file(run_path)
@@ -85,9 +119,11 @@ class Comparer:
         return self._rewards[spec]
 
     def compare(self, run_path: str | Path, prompts: list[str], seeds: list[int], lora_scale: float = 1.0,
-                num_steps: int | None = None, guidance_scale: float | None = None) -> list[ComparedImage]:
-        """One base and one LoRA image per (prompt, seed), the same initial noise for both."""
-        import torch
+                num_steps: int | None = None, guidance_scale: float | None = None,
+                training_run: str | None = None) -> list[ComparedImage]:
+        """One base and one LoRA image per (prompt, seed), the same initial noise for both.
+        `training_run`: the run now training on this machine, if any (see check_room_beside)."""
+        from ..evaluation import generate
 
         run_path = Path(run_path)
         cfg = yaml.safe_load((run_path / CONFIG_FILE).read_text())
@@ -95,23 +131,21 @@ class Comparer:
         num_steps = int(num_steps or sampling["eval_num_steps"])
         guidance = float(sampling["eval_guidance_scale"] if guidance_scale is None else guidance_scale)
         pairs = [(p, s) for p in prompts for s in seeds]
-        all_prompts, all_seeds = [p for p, _ in pairs], [s for _, s in pairs]
+        all_prompts, all_seeds = [p for p, _ in pairs], [int(s) for _, s in pairs]
         with self._lock:
-            pipe = self._load_base(cfg)
+            pipe, encoder = self._load_base(cfg, training_run)
             adapter = self._load_lora(pipe, run_path)
 
-            def generate(with_lora: bool) -> list:
+            def images(with_lora: bool) -> list:
                 if with_lora:
                     pipe.enable_lora()
                     pipe.set_adapters([adapter], adapter_weights=[float(lora_scale)])
                 else:
                     pipe.disable_lora()
-                generators = [torch.Generator().manual_seed(int(s)) for s in all_seeds]
-                return pipe(prompt=all_prompts, num_inference_steps=num_steps, guidance_scale=guidance,
-                            height=sampling["resolution"], width=sampling["resolution"], generator=generators,
-                            max_sequence_length=sampling["max_sequence_length"]).images
+                return generate(pipe, pipe.transformer, encoder, all_prompts, all_seeds, sampling["resolution"],
+                                num_steps, guidance, int(sampling["micro_batch"]), cfg["memory"]["vae_decode"])
 
-            base_images, lora_images = generate(False), generate(True)
+            base_images, lora_images = images(False), images(True)
             reward = self._reward(cfg)
             base_scores = reward(base_images, all_prompts).scores
             lora_scores = reward(lora_images, all_prompts).scores

@@ -128,6 +128,7 @@ class RunManager:
         with self._lock:
             self._refuse_if_busy()
             preview = self.preview(preset, overrides, name)
+            self.check_machine(preview)
             preview.run_path.mkdir(parents=True, exist_ok=True)
             self._spawn(preview.name, preview.run_path, preview.train_args)
             return preview
@@ -154,6 +155,18 @@ class RunManager:
             self._spawn(name, path, train_args)
             return shlex.join(["python", "-m", "superflow_lite.train", *train_args])
 
+    def check_machine(self, preview: Preview) -> None:
+        """The CLI's own check that the machine can run the preset (a GPU preset on a CPU)."""
+        from ..config import build_config
+        from ..launch import UsageError, check_machine
+        from ..train import parse_args
+
+        args = parse_args(preview.train_args)
+        try:
+            check_machine(build_config(args.preset, None, args.overrides))
+        except UsageError as err:
+            raise LaunchError(str(err)) from None
+
     def _spawn(self, name: str, path: Path, train_args: list[str]) -> None:
         (path / EXIT_FILE).unlink(missing_ok=True)
         env = dict(os.environ if self.env is None else self.env)
@@ -167,6 +180,8 @@ class RunManager:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT,
                                     start_new_session=True, env=env, close_fds=True)
         self._children[name] = proc
+        # Wait on it in the background: a finished supervisor is reaped at once, never a zombie.
+        threading.Thread(target=proc.wait, name=f"reap-{name}", daemon=True).start()
         deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline and proc.poll() is None:
             launch = read_json(path / LAUNCH_FILE) or {}
@@ -235,13 +250,22 @@ class RunManager:
         self._children.pop(name, None)
         shutil.rmtree(path)
 
+    @property
+    def downloads_dir(self) -> Path:
+        """Zips for download live outside the runs: selecting a run never changes its folder."""
+        return Path(tempfile.gettempdir()) / f"superflow_lite-{os.getuid()}" / "downloads"
+
     def lora_zip(self, name: str) -> Path:
-        """<run>/<run>-lora.zip: the lora/ folder (diffusers file, PEFT dir, model card)."""
+        """<downloads>/<run>-<hash of the run path>/<run>-lora.zip: the lora/ folder (every format, model card)."""
+        import hashlib
+
         path = self.existing_run(name)
         weights = lora_file(path)
         if weights is None:
             raise LaunchError(f"run {name!r} has no exported LoRA yet (it is written when a run stops or ends)")
-        out = path / f"{name}-lora.zip"
+        folder = self.downloads_dir / f"{name}-{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
+        folder.mkdir(parents=True, exist_ok=True)
+        out = folder / f"{name}-lora.zip"
         if not out.exists() or out.stat().st_mtime < weights.stat().st_mtime:
             tmp = out.with_name(f".{out.name}.tmp")
             with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:

@@ -124,16 +124,21 @@ def progress_markdown(path: Path) -> str:
 # first render, so a series that appeared later would never be drawn.
 PLOTS = {
     "reward (train, eval)": {"train": ["reward/mean"], "eval": ["eval/reward_mean"]},
+    "evaluation (test prompts)": {"test reward": ["eval/reward_mean"], "strict accuracy": ["eval/strict_mean"]},
     "KL to the reference": {"grpo/kl": ["grpo/kl"]},
     "clip fraction": {"grpo/clipped": ["grpo/clipped", "grpo/clipfrac"]},
     "rollouts per iteration": {"rollouts/iter": ["rollouts/iter"]},
     "group size (min, mean, max)": {"max": ["group/size_max"], "mean": ["group/size_mean"], "min": ["group/size_min"]},
 }
+# Evaluations are points (step 0 alone is already one), drawn as a scatter plot. Their
+# series come from the same eval rows, so the step-0 row already holds every series the
+# plot will ever have (strict accuracy only where the reward reports it).
+EVAL_PLOT = "evaluation (test prompts)"
 
 
 def metric_series(rows: list[dict], title: str) -> dict[str, list]:
     """Long-form columns {iteration, value, series} for one plot (NaNs and gaps dropped);
-    empty until every series of the plot has a value."""
+    empty until every series of the plot has a value (the eval plot: the series it has)."""
     out: dict[str, list] = {"iteration": [], "value": [], "series": []}
     for series, keys in PLOTS[title].items():
         for row in rows:
@@ -143,7 +148,7 @@ def metric_series(rows: list[dict], title: str) -> dict[str, list]:
             out["iteration"].append(int(row.get("iteration", 0)))
             out["value"].append(float(value))
             out["series"].append(series)
-    if set(out["series"]) != set(PLOTS[title]):
+    if title != EVAL_PLOT and set(out["series"]) != set(PLOTS[title]):
         return {k: [] for k in out}
     return out
 
@@ -156,23 +161,50 @@ def group_size_histogram(rows: list[dict]) -> dict[str, list]:
 
 
 # ----------------------------------------------------------------------------- samples
+def _reward_text(row: dict) -> str:
+    reward = row.get("reward")
+    text = f"{reward:.3f}" if isinstance(reward, (int, float)) else "?"
+    if isinstance(row.get("strict"), (int, float)):
+        text += " ✓" if row["strict"] >= 0.5 else " ✗"  # strict accuracy of this image
+    return text
+
+
 def sample_gallery(path: Path, step: int | None = None) -> tuple[list[tuple[str, str]], list[int]]:
-    """Gallery items [(file, caption)]: the step-0 baseline first, then `step` (default:
-    the latest eval step), so each image sits under its baseline. Returns (items, steps)."""
+    """Gallery items [(file, caption)] in before/after pairs: each eval image at step 0, then
+    the same prompt and seed at `step` (default: the latest eval step). Captions lead with
+    the step and the reward, so a cut caption still shows them. Returns (items, steps)."""
     steps = list_sample_steps(path)
     if not steps:
         return [], []
     if step is None or step not in steps:
         step = steps[-1]
-    shown = [steps[0]] + ([step] if step != steps[0] else [])
+    before = read_samples(path, steps[0])
+    after = {(r.get("prompt"), r.get("seed")): r for r in read_samples(path, step)} if step != steps[0] else {}
     items = []
-    for s in shown:
-        label = "baseline (step 0)" if s == 0 else f"step {s}"
-        for row in read_samples(path, s):
-            reward = row.get("reward")
-            reward_text = f" · reward {reward:.3f}" if isinstance(reward, (int, float)) else ""
-            items.append((row["file"], f"{label} · {row.get('prompt', '')} · seed {row.get('seed', '')}{reward_text}"))
+    for row in before:
+        items.append((row["file"], f"step {steps[0]} · {_reward_text(row)} · {row.get('prompt', '')} · seed {row.get('seed', '')}"))
+        later = after.get((row.get("prompt"), row.get("seed")))
+        if later is not None:
+            items.append((later["file"], f"step {step} · {_reward_text(later)} · {later.get('prompt', '')} · seed {later.get('seed', '')}"))
     return items, steps
+
+
+def sample_pairs(path: Path, step: int | None = None) -> dict[str, list]:
+    """Columns for the before/after table: prompt, seed, reward at step 0 and at `step`."""
+    steps = list_sample_steps(path)
+    cols: dict[str, list] = {"prompt": [], "seed": [], "step 0": [], "later": [], "change": []}
+    if not steps:
+        return cols
+    step = steps[-1] if step is None or step not in steps else step
+    after = {(r.get("prompt"), r.get("seed")): r.get("reward") for r in read_samples(path, step)}
+    for row in read_samples(path, steps[0]):
+        b, a = row.get("reward"), after.get((row.get("prompt"), row.get("seed")))
+        cols["prompt"].append(row.get("prompt", ""))
+        cols["seed"].append(row.get("seed", ""))
+        cols["step 0"].append(round(b, 4) if isinstance(b, (int, float)) else None)
+        cols["later"].append(round(a, 4) if isinstance(a, (int, float)) else None)
+        cols["change"].append(round(a - b, 4) if isinstance(a, (int, float)) and isinstance(b, (int, float)) else None)
+    return cols
 
 
 def eval_prompts_and_seeds(path: Path) -> tuple[list[str], list[int]]:
@@ -254,7 +286,7 @@ def failure_report(path: Path) -> dict:
             suggestion = (f"The run {cause} on the smallest preset: lower sampling.micro_batch, train.micro_batch "
                           "or superflow.rollout_cap.")
     elif rc == 2:
-        suggestion = "The command line was rejected: the error line says which value to change."
+        suggestion = exit_2_cause(error)
     elif status.get("state") in ACTIVE_STATES or not status:
         suggestion = ("The training process died without reporting (killed or crashed). "
                       + ("Resume continues from the last checkpoint." if latest_checkpoint_iteration(path) is not None
@@ -264,10 +296,24 @@ def failure_report(path: Path) -> dict:
     return {"exit_code": describe_exit(rc), "error": error, "log_tail": log, "suggestion": suggestion}
 
 
+# Exit code 2 is bad input; the trainer's status names the exception for what it found
+# after start-up (a model or reward that cannot load), the CLI's `error:` line the rest.
+EXIT_2_CAUSES = {
+    "RewardUnavailable": "A reward model the run needs could not be loaded: the error says what to install or download.",
+    "ModelUnavailable": "The base model could not be loaded: the error says how to get it.",
+    "ConfigError": "A setting was rejected: the error says which value to change.",
+}
+
+
+def exit_2_cause(error: str) -> str:
+    kind = error.split(":", 1)[0].strip()
+    return EXIT_2_CAUSES.get(kind, "The command line was rejected: the error says which value to change.")
+
+
 def failure_markdown(path: Path) -> str:
+    """The failure box: exit code, the cause in words, then the error's full text."""
     report = failure_report(path)
-    lines = [f"### Run failed\n- exit code: `{report['exit_code']}`"]
+    lines = [f"### Run failed\n- exit code: `{report['exit_code']}`", f"\n{report['suggestion']}"]
     if report["error"]:
-        lines.append(f"- error: `{report['error'][:500]}`")
-    lines.append(f"\n{report['suggestion']}")
+        lines.append("\n```text\n" + report["error"].replace("```", "` ` `") + "\n```")
     return "\n".join(lines)

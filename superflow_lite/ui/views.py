@@ -10,12 +10,12 @@ import pandas as pd
 
 from ..config import ConfigError
 from ..rundir import METRICS_FILE, SAMPLES_DIR, read_metrics, read_status
-from .compare import Comparer
+from .compare import CompareRefused, Comparer
 from .form import COMMON_FIELDS, LaunchForm, builtin_prompt_sets, preset_values
 from .manager import LaunchError, RunManager
 from .runs import (PLOTS, SUMMARY_COLUMNS, display_state, eval_prompts_and_seeds, failure_markdown,
                    group_size_histogram, list_runs, log_tail, lora_file, metric_series, progress_markdown,
-                   sample_gallery)
+                   sample_gallery, sample_pairs)
 
 COMMON_NAMES = list(COMMON_FIELDS)
 
@@ -31,6 +31,20 @@ def plot_value(columns: dict[str, list], dtypes: dict[str, str]) -> pd.DataFrame
     if not next(iter(columns.values())):
         return None
     return pd.DataFrame(columns).astype(dtypes)
+
+
+def plan_line(config_yaml: str) -> str:
+    """The memory plan's predicted peak for a resolved config (memory.plan_for_config)."""
+    import yaml
+
+    from ..config import config_from_dict
+    from ..memory import GIB, plan_for_config
+
+    plan = plan_for_config(config_from_dict(yaml.safe_load(config_yaml)))
+    fits = "fits" if plan.fits else "does NOT fit"
+    text = (f"Memory plan: predicted peak **{plan.peak_bytes / GIB:.2f} GiB** in {plan.peak_phase} "
+            f"({fits} {plan.card_gib:.1f} GiB: {plan.card_source}); rollout cap R = {plan.rollout_cap}.")
+    return text + "".join(f"\n- {p}" for p in plan.problems)
 
 
 class Views:
@@ -65,21 +79,28 @@ class Views:
                           prompts_file=prompts_file or None, common=common, extra=extra or "")
 
     def preview(self, *form_values):
-        """(message, command, resolved YAML) for the form, or the CLI's error."""
+        """(message, command, resolved YAML) for the form, or the CLI's error. A config this
+        machine cannot run (a GPU preset on a CPU) is shown with the reason, not as ready."""
         try:
             form = self._form(*form_values)
             p = self.manager.preview(form.preset, form.overrides(self.manager.uploads_dir), form.name)
         except (ConfigError, LaunchError, OSError) as err:
             return error_text(err), "", ""
-        return f"Ready to launch **{p.name}** in `{p.run_path}`.", p.command, p.config_yaml
+        plan = plan_line(p.config_yaml)
+        try:
+            self.manager.check_machine(p)
+        except LaunchError as err:
+            return f"**Cannot launch on this machine:** {err}\n\n{plan}", p.command, p.config_yaml
+        return f"Ready to launch **{p.name}** in `{p.run_path}`.\n\n{plan}", p.command, p.config_yaml
 
     def launch(self, *form_values):
-        """Start the run; on success switch to Watch with the new run selected."""
+        """Start the run; on success switch to Watch with the new run selected. A refused
+        launch clears the command and config, so nothing on screen looks launched."""
         try:
             form = self._form(*form_values)
             p = self.manager.start(form.preset, form.overrides(self.manager.uploads_dir), form.name)
         except (ConfigError, LaunchError, OSError) as err:
-            return error_text(err), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            return error_text(err), "", "", gr.skip(), gr.skip()
         names = self.run_names()
         return (f"Started **{p.name}**. It keeps running if you close this tab.", p.command, p.config_yaml,
                 gr.update(choices=names, value=p.name), gr.Tabs(selected="watch"))
@@ -102,14 +123,14 @@ class Views:
         path = self._path(name)
         if path is None:
             empty = [None] * len(PLOT_TITLES)
-            return ["Select a run (or launch one).", gr.update(value="", visible=False), *empty, [],
+            return ["Select a run (or launch one).", gr.update(value="", visible=False), *empty, [], None,
                     gr.update(choices=[], value=None), "", ""]
         progress = progress_markdown(path)
         failed = display_state(path) == "failed"
         failure = gr.update(value=failure_markdown(path) if failed else "", visible=failed)
         signature = self._signature(path, step)
         if signature == last_signature:
-            skips = [gr.skip()] * (len(PLOT_TITLES) + 2)
+            skips = [gr.skip()] * (len(PLOT_TITLES) + 3)
             return [progress, failure, *skips, log_tail(path), signature]
         rows = read_metrics(path)
         plots = [plot_value(metric_series(rows, t), {"iteration": "int64", "value": "float64", "series": "str"})
@@ -117,13 +138,25 @@ class Views:
         plots.append(plot_value(group_size_histogram(rows), {"size": "int64", "prompts": "int64"}))
         chosen = int(step) if step not in (None, "", "latest") else None
         items, steps = sample_gallery(path, chosen)
-        per_step = sum(1 for _, caption in items if caption.startswith("baseline")) or len(items)
-        # One row per step (baseline on top) when a step has 4-8 images; fewer sit side by side.
-        gallery = gr.update(value=items, columns=max(4, min(per_step, 8)))
+        # Eight columns: four before/after pairs a row, each pair side by side.
+        gallery = gr.update(value=items, columns=8 if len(items) >= 8 else max(len(items), 2))
+        table = self._pairs_table(path, chosen, steps)
         step_choices = ["latest"] + [str(s) for s in steps]
         step_value = step if step in step_choices else "latest"
-        return [progress, failure, *plots, gallery, gr.update(choices=step_choices, value=step_value), log_tail(path),
-                signature]
+        return [progress, failure, *plots, gallery, table, gr.update(choices=step_choices, value=step_value),
+                log_tail(path), signature]
+
+    @staticmethod
+    def _pairs_table(path: Path, chosen: int | None, steps: list[int]) -> pd.DataFrame | None:
+        """Reward per (prompt, seed) at step 0 and at the shown step (step 0 alone: one column)."""
+        pairs = sample_pairs(path, chosen)
+        if not pairs["prompt"]:
+            return None
+        shown = chosen if chosen in steps else steps[-1]
+        frame = pd.DataFrame(pairs)
+        if shown == steps[0]:
+            return frame.drop(columns=["later", "change"])
+        return frame.rename(columns={"later": f"step {shown}"})
 
     @staticmethod
     def _signature(path: Path, step) -> str:
@@ -249,8 +282,9 @@ class Views:
         if not prompts:
             return [], [], None, error_text("type at least one prompt (one per line)")
         try:
-            rows = self.comparer.compare(path, prompts, seeds, float(scale), int(steps) if steps else None)
-        except FileNotFoundError as err:
+            rows = self.comparer.compare(path, prompts, seeds, float(scale), int(steps) if steps else None,
+                                         training_run=self.manager.active_run())
+        except (FileNotFoundError, CompareRefused) as err:
             return [], [], None, error_text(err)
         base = [(r.base_image, f"base · {r.prompt} · seed {r.seed} · reward {r.base_reward:.3f}") for r in rows]
         lora = [(r.lora_image, f"LoRA ×{scale:g} · {r.prompt} · seed {r.seed} · reward {r.lora_reward:.3f}") for r in rows]

@@ -143,7 +143,7 @@ def build_tiny_sd3_pipeline(seed: int = 0) -> StableDiffusion3Pipeline:
 def load_world_pipeline(torch_dtype: torch.dtype = torch.float32) -> StableDiffusion3Pipeline:
     """The committed, pretrained world model; random weights (with a warning) if it is absent."""
     if (WORLD_MODEL_DIR / "model_index.json").is_file():
-        return StableDiffusion3Pipeline.from_pretrained(WORLD_MODEL_DIR, torch_dtype=torch_dtype)
+        return StableDiffusion3Pipeline.from_pretrained(WORLD_MODEL_DIR, dtype=torch_dtype)
     logger.warning(
         "world model not found at %s; using RANDOM weights (run `python -m "
         "superflow_lite.world.pretrain` to train one)",

@@ -1,0 +1,118 @@
+"""What the app's pages say, on hand-made run directories: failure causes with their full
+text, Preview on a machine that cannot run the preset, a refused launch, downloads that
+leave the run untouched, supervisors reaped, Compare's refusal beside a training run."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import gradio as gr
+import pytest
+
+from superflow_lite.config import build_config
+from superflow_lite.memory import GIB
+from superflow_lite.ui.compare import CompareRefused, check_room_beside, compare_need_bytes
+from superflow_lite.ui.form import COMMON_FIELDS
+from superflow_lite.ui.manager import RunManager
+from superflow_lite.ui.runs import failure_markdown
+from superflow_lite.ui.views import Views
+from test_ui_runs import make_run
+
+
+def test_exit_2_is_labelled_by_its_real_cause_with_its_whole_text(tmp_path):
+    long_tail = " ".join(f"word{i}" for i in range(200))  # longer than any cut the page used to make
+    error = f"RewardUnavailable: reward 'pickscore' needs the model yuvalkirstain/PickScore_v1: {long_tail}"
+    run = make_run(tmp_path, "noreward", {"state": "failed", "pid": 9, "error": error},
+                   {"supervisor_pid": None, "trainer_pid": 9}, {"returncode": 2, "trainer_pid": 9})
+    text = failure_markdown(run)
+    assert "A reward model the run needs could not be loaded" in text and "rejected" not in text
+    assert error in text  # in full, in a code block
+    bad = make_run(tmp_path, "badvalue", None, {"supervisor_pid": None, "trainer_pid": 8},
+                   {"returncode": 2, "trainer_pid": 8})
+    (bad / "console.log").write_text("error: train.lr must be > 0, got 0.0\n")
+    assert "The command line was rejected" in failure_markdown(bad)
+
+
+def form_values(preset: str, extra: str = "") -> list:
+    return [preset, "", "", "", None, *[None] * len(COMMON_FIELDS), extra]
+
+
+def test_preview_of_a_gpu_preset_on_a_cpu_says_it_cannot_launch(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    views = Views(RunManager(tmp_path / "runs", lock_path=tmp_path / "train.lock"))
+    message, command, config_yaml = views.preview(*form_values("24gb"))
+    assert message.startswith("**Cannot launch on this machine:**") and "Ready to launch" not in message
+    assert "--preset 24gb" in command and config_yaml  # still shown, to copy to a GPU machine
+    assert "Memory plan: predicted peak" in message and "GiB" in message
+    message, _, _ = views.preview(*form_values("tiny"))
+    assert message.startswith("Ready to launch") and "Memory plan: predicted peak" in message
+
+
+def test_a_refused_launch_clears_the_previous_command(tmp_path):
+    views = Views(RunManager(tmp_path / "runs", lock_path=tmp_path / "train.lock"))
+    message, command, config_yaml, *_ = views.launch(*form_values("tiny", "train.lr=fast"))
+    assert message.startswith("**error:**") and command == "" and config_yaml == ""
+
+
+def test_download_zip_is_built_outside_the_run(tmp_path):
+    manager = RunManager(tmp_path / "runs", lock_path=tmp_path / "train.lock")
+    run = make_run(manager.root, "done", {"state": "done", "pid": 1})
+    (run / "lora").mkdir()
+    (run / "lora" / "pytorch_lora_weights.safetensors").write_bytes(b"weights")
+    before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}, run.stat().st_mtime_ns
+    zipped = manager.lora_zip("done")
+    assert zipped.is_file() and run not in zipped.parents
+    assert ({p.name: p.stat().st_mtime_ns for p in run.iterdir()}, run.stat().st_mtime_ns) == before
+
+
+def test_a_finished_supervisor_is_reaped_without_waiting_for_the_app(tmp_path, monkeypatch):
+    manager = RunManager(tmp_path / "runs", lock_path=tmp_path / "train.lock", start_timeout_s=0.5)
+    real_popen = subprocess.Popen
+    started = []
+
+    def quick(argv, **kwargs):  # the supervisor replaced by one that ends after the start-up wait
+        started.append(real_popen([sys.executable, "-c", "import time; time.sleep(1)"], **kwargs))
+        return started[-1]
+
+    monkeypatch.setattr("superflow_lite.ui.manager.subprocess.Popen", quick)
+    manager.start("tiny", ["train.iterations=1"], "reaped")
+    pid = started[0].pid
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not Path(f"/proc/{pid}").exists(), Path(f"/proc/{pid}/stat").read_text()  # gone, not a zombie
+
+
+def test_compare_refuses_with_numbers_when_the_model_cannot_fit_beside_a_run():
+    cfg = build_config("24gb", None, [])
+    need = compare_need_bytes(cfg)
+    assert 4 * GIB < need < 24 * GIB  # the quantized T5 and bf16 transformer, not a full bf16 pipeline
+    with pytest.raises(CompareRefused, match=r"run 'other' is training on this GPU: 2\.0 GiB are free"):
+        check_room_beside(cfg, "other", 2 * GIB)
+    check_room_beside(cfg, None, 2 * GIB)  # no training run: the GPU is Compare's
+    check_room_beside(cfg, "other", need + GIB)  # room enough beside the run
+
+
+def test_watch_shows_before_after_pairs_and_a_reward_table(tmp_path):
+    manager = RunManager(tmp_path / "runs", lock_path=tmp_path / "train.lock")
+    run = make_run(manager.root, "r", {"state": "done", "pid": 1, "iteration": 2, "iterations": 2})
+    (run / "metrics.jsonl").write_text(json.dumps({"iteration": 0, "eval/reward_mean": 0.5, "eval/strict_mean": 0.5}) + "\n")
+    for step, reward in ((0, 0.5), (2, 0.75)):
+        d = run / "samples" / f"{step:06d}"
+        d.mkdir(parents=True)
+        (d / "000.png").write_bytes(b"png")
+        (d / "index.json").write_text(json.dumps([{"file": "000.png", "prompt": "a red circle", "seed": 0,
+                                                   "reward": reward}]))
+    out = Views(manager).watch("r", "latest", None)
+    gallery, table = out[2 + 7], out[3 + 7]
+    assert [c for _, c in gallery["value"]] == ["step 0 · 0.500 · a red circle · seed 0",
+                                                "step 2 · 0.750 · a red circle · seed 0"]
+    assert list(table.columns) == ["prompt", "seed", "step 0", "step 2", "change"]
+    assert table.iloc[0].tolist() == ["a red circle", 0, 0.5, 0.75, 0.25]
+    evaluation = out[2 + 1]  # the eval plot: the step-0 point alone is already drawn
+    assert evaluation is not None and len(evaluation) == 2

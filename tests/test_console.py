@@ -1,0 +1,136 @@
+"""What a person sees: a tiny run's console in a fresh process (so import-time library
+notices count), its evaluation lines and closing summary, the model card, and the same
+metrics and eval images in tensorboard (output.report_to=tensorboard)."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from superflow_lite.console import LIBRARY_NOTICES, RunSummary, _DropNotices, eval_line, filter_library_notices
+from superflow_lite.rundir import read_metrics
+
+OURS = re.compile(r"^\d\d:\d\d:\d\d (INFO|WARNING|ERROR) ")
+BAR = re.compile(r"^(training|evaluating step \d+): +\d+%\|")
+SHORT_RUN = ["train.iterations=1", "superflow.prompts_per_iter=2", "superflow.group_size=2", "superflow.m_max=4",
+             "superflow.m_min=2", "superflow.num_bins=2", "superflow.rollout_cap=8", "sampling.num_steps=4",
+             "sampling.eval_num_steps=4", "prompts.num_eval_prompts=2", "output.eval_every=1"]
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("console") / "run"
+    # Python's default warning filters, as a user's shell has them.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"} | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "superflow_lite.train", "--preset", "tiny", "--output", str(out),
+                           *SHORT_RUN, "output.report_to=tensorboard"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return out, proc.stdout, proc.stderr
+
+
+def fragments(text: str) -> list[str]:
+    """Console lines, with each carriage-return redraw of the progress bar as its own piece."""
+    return [p.strip() for line in text.split("\n") for p in line.split("\r") if p.strip()]
+
+
+def test_console_has_only_the_projects_lines(short_run):
+    _, stdout, stderr = short_run
+    foreign = [f for f in fragments(stderr) if not (OURS.match(f) or BAR.match(f))]
+    assert not foreign, "library lines on the console:\n" + "\n".join(foreign)
+    assert "Load the LoRA with:" in stdout and "pipe.load_lora_weights" in stdout
+    assert "Warning" not in stdout and "Loading" not in stdout
+
+
+def test_console_reports_each_evaluation_and_a_closing_summary(short_run):
+    out, _, stderr = short_run
+    rows = read_metrics(out)
+    before, after = rows[0]["eval/reward_mean"], rows[-1]["eval/reward_mean"]
+    assert f"eval 0/1: test reward {before:.3f}, strict accuracy" in stderr
+    assert re.search(rf"eval 1/1: test reward {after:.3f} \([+-]\d\.\d{{3}} since step 0\), strict accuracy", stderr)
+    assert f"test reward: {before:.3f} -> {after:.3f}" in stderr
+    assert f"LoRA: {out / 'lora'}" in stderr and str(out / "samples" / "000001") in stderr
+    assert re.search(r"done after 1/1 iterations, \d+ rollouts, in \d+s", stderr)
+
+
+def test_model_card_says_what_was_trained_and_how_well(short_run):
+    out, _, _ = short_run
+    card = (out / "lora" / "README.md").read_text()
+    rows = read_metrics(out)
+    for text in ("rank 8, alpha 16", "`attn.to_q`", "SuperFlow GRPO", "shapes x1", "1 of 1",
+                 f"{rows[0]['eval/reward_mean']:.3f} -> {rows[-1]['eval/reward_mean']:.3f}"):
+        assert text in card, text
+
+
+def test_tensorboard_holds_the_metrics_and_eval_images(short_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out, _, _ = short_run
+    (events,) = [p for p in (out / "tensorboard").glob("events.out.tfevents.*")]
+    acc = EventAccumulator(str(events), size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    rows = read_metrics(out)
+    reward = acc.Scalars("eval/reward_mean")
+    assert [e.step for e in reward] == [0, 1]
+    assert [e.value for e in reward] == pytest.approx([r["eval/reward_mean"] for r in rows])
+    assert acc.Scalars("reward/mean")[0].value == pytest.approx(rows[1]["reward/mean"])
+    assert "eval/strict_mean" in acc.Tags()["scalars"]
+    images = acc.Images("eval/samples")  # the evaluation's images in one grid per step
+    assert [e.step for e in images] == [0, 1] and images[0].height == 64 and images[0].width >= 64
+
+
+def test_a_notice_is_dropped_only_at_its_own_logger():
+    import logging
+
+    filter_library_notices()
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    for name in ("diffusers.loaders.lora_base", "superflow_lite.test"):
+        logger = logging.getLogger(name)
+        logger.addHandler(handler := Keep())
+        logger.propagate = False
+        try:
+            logger.warning("No LoRA keys associated to CLIPTextModelWithProjection found")
+            logger.warning("No LoRA keys associated to SD3Transformer2DModel found")  # a real problem: kept
+        finally:
+            logger.removeHandler(handler)
+            logger.propagate = True
+    clip, sd3 = ("No LoRA keys associated to CLIPTextModelWithProjection found",
+                 "No LoRA keys associated to SD3Transformer2DModel found")
+    assert seen == [sd3, clip, sd3]  # diffusers' text-encoder notice dropped; the rest, and our loggers, kept
+    assert all(any(isinstance(f, _DropNotices) for f in logging.getLogger(n).filters) for n in LIBRARY_NOTICES)
+
+
+def test_eval_line_and_summary_read_as_before_and_after():
+    base = {"eval/reward_mean": 0.75, "eval/strict_mean": 0.5}
+    later = {"eval/reward_mean": 0.8, "eval/strict_mean": 0.4375}
+    assert eval_line(0, 20, base, base) == "eval 0/20: test reward 0.750, strict accuracy 0.500"
+    assert eval_line(5, 20, later, base) == ("eval 5/20: test reward 0.800 (+0.050 since step 0), "
+                                             "strict accuracy 0.438 (-0.062 since step 0)")
+    lines = RunSummary("done", 20, 20, 960, 234.0, base, later, 20, Path("runs/r/lora"), Path("runs/r/samples")).lines()
+    assert lines[0] == "done after 20/20 iterations, 960 rollouts, in 3m54s"
+    assert lines[1] == "test reward: 0.750 -> 0.800 (+0.050, step 0 -> 20)"
+    assert lines[-1] == "samples: runs/r/samples/000000 (before) and runs/r/samples/000020 (after)"
+
+
+def test_config_yaml_reruns_with_config_under_a_fresh_name(short_run, capsys, tmp_path, monkeypatch):
+    import yaml
+
+    from superflow_lite.train import main
+
+    out, _, _ = short_run
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["output"]["name"] == ""  # no baked run name: a re-run never collides with this run
+    monkeypatch.chdir(tmp_path)
+    assert main(["--config", str(out / "config.yaml"), "--print-config"]) == 0
+    again = yaml.safe_load(capsys.readouterr().out)
+    assert again["output"]["name"].startswith("tiny-superflow-")
+    assert {k: v for k, v in again.items() if k != "output"} == {k: v for k, v in saved.items() if k != "output"}
