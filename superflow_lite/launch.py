@@ -31,6 +31,11 @@ class UsageError(Exception):
     """Bad input that is not a config value: paths, runs, machine, rewards, prompts."""
 
 
+
+class MachineUnfit(UsageError):
+    """The config is valid but this machine cannot run it (a GPU preset on a CPU): the app
+    still shows its command and plan, to run elsewhere."""
+
 @dataclass
 class Launch:
     """What a checked invocation will do."""
@@ -170,7 +175,15 @@ def check_model(cfg: Config) -> None:
     """A hub model must be reachable: offline (HF_HUB_OFFLINE) it must be in the cache.
     Online, a gated or missing repository is only known once the download starts."""
     name = cfg.model.name_or_path
-    if name == "world" or Path(name).is_dir():
+    if name == "world":
+        return
+    if Path(name).is_dir():
+        if not (Path(name) / "model_index.json").is_file():
+            raise UsageError(f"model.name_or_path {name!r} is a folder without a diffusers pipeline (no model_index.json); "
+                             "SD3.5-Medium is gated: accept its licence at "
+                             "https://huggingface.co/stabilityai/stable-diffusion-3.5-medium, download it "
+                             "(huggingface-cli download stabilityai/stable-diffusion-3.5-medium --local-dir DIR) "
+                             "and set model.name_or_path=DIR")
         return
     from huggingface_hub import constants, try_to_load_from_cache
 
@@ -251,7 +264,12 @@ def lora_shapes(cfg: Config) -> dict[str, tuple[int, ...]] | None:
     linears = transformer_linears(cfg)
     if linears is None:
         return None
+    from .models import dead_lora_modules
+
     targets = cfg.model.lora_targets
+    blocks = [int(n.split(".")[1]) for n in linears if n.startswith("transformer_blocks.")]
+    dead = set(dead_lora_modules({"num_layers": max(blocks) + 1 if blocks else 0}))
+    linears = {n: shape for n, shape in linears.items() if n not in dead}  # add_lora excludes them too
     matched = {t: [n for n in linears if n == t or n.endswith("." + t)] for t in targets}
     missing = [t for t, names in matched.items() if not names]
     if missing:
@@ -276,7 +294,10 @@ def gate(args: argparse.Namespace) -> Launch:
         check_new_run(run_path)
     shapes = lora_shapes(cfg)
     resume_from = check_resume(cfg, run_path, shapes) if resume else None
-    check_machine(cfg)
+    try:
+        check_machine(cfg)
+    except UsageError as err:
+        raise MachineUnfit(str(err)) from None
     check_model(cfg)
     check_rewards_and_prompts(cfg)
     from .tracking import require_tracker

@@ -25,6 +25,7 @@ FAST_OVERRIDES = [
     "train.micro_batch=4",
     "sampling.eval_num_steps=4",
     "prompts.num_eval_prompts=2",
+    "prompts.eval_seeds=[0]",
     "output.eval_every=1",
     "output.checkpoint_every=1",
 ]

@@ -42,7 +42,7 @@ def test_console_has_only_the_projects_lines(short_run):
     _, stdout, stderr = short_run
     foreign = [f for f in fragments(stderr) if not (OURS.match(f) or BAR.match(f))]
     assert not foreign, "library lines on the console:\n" + "\n".join(foreign)
-    assert "Load the LoRA with:" in stdout and "pipe.load_lora_weights" in stdout
+    assert "Load it with:" in stdout and "pipe.load_lora_weights" in stdout
     assert "Warning" not in stdout and "Loading" not in stdout
 
 

@@ -142,7 +142,7 @@ CASES = [
     ("resume-nan-override", ["--resume", "{run}", "train.lr=.nan"], "train.lr must be a finite number"),
     ("resume-unknown-key", ["--resume", "{run}", "train.nope=1"], "unknown key 'train.nope'"),
     ("resume-other-rank", ["--resume", "{run}", "train.iterations=3", "model.lora_rank=4"],
-     "holds a rank-8 LoRA on 31 modules, but the config asks for rank 4 on 31"),
+     "holds a rank-8 LoRA on 30 modules, but the config asks for rank 4 on 30"),
     ("resume-other-targets", ["--resume", "{run}", "train.iterations=3", "model.lora_targets=[attn.to_q]"],
      "rank 8 on 4"),
     ("resume-binary-config", ["--resume", "{run}"], "its config.yaml is broken", "binary-config"),

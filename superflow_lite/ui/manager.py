@@ -46,6 +46,7 @@ class Preview:
     run_path: Path
     config_yaml: str
     train_args: list[str]  # after `python -m superflow_lite.train`
+    machine_problem: str = ""  # why this machine cannot run it (a GPU preset on a CPU); "" = it can
 
     @property
     def command(self) -> str:
@@ -100,7 +101,7 @@ class RunManager:
         """Check the launch as the CLI will (its launch gate); raise ConfigError/LaunchError
         with the CLI's message."""
         from ..config import available_presets
-        from ..launch import UsageError, gate
+        from ..launch import MachineUnfit, UsageError, gate, resolve
         from ..train import parse_args
 
         if preset != "auto" and preset not in available_presets():  # the CLI's words, no path games
@@ -110,25 +111,33 @@ class RunManager:
             self.run_path(name)
         # The app's keys go last, so nothing before them can move the run elsewhere.
         pinned = [f"output.root={self.root}"] + ([f"output.name={name}"] if name else [])
+        args = parse_args(["--preset", preset, *overrides, *pinned])
+        machine_problem = ""
         try:
-            launch = gate(parse_args(["--preset", preset, *overrides, *pinned]))
+            checked = gate(args)
+            launch_cfg, launch_path = checked.cfg, checked.run_path
+        except MachineUnfit as err:  # valid, but for another machine: keep its command and plan
+            machine_problem = str(err)
+            launch_cfg, launch_path = resolve(args)
         except UsageError as err:
             raise LaunchError(str(err)) from None
-        cfg = launch.cfg
+        cfg = launch_cfg
         name = cfg.output.name  # the CLI's default name when the field was empty
         path = self.run_path(name)
-        if Path(cfg.output.root).resolve() != self.root or launch.run_path.resolve() != path:
-            raise LaunchError(f"the run would be written to {launch.run_path}, outside the runs folder {self.root}")
+        if Path(cfg.output.root).resolve() != self.root or launch_path.resolve() != path:
+            raise LaunchError(f"the run would be written to {launch_path}, outside the runs folder {self.root}")
         if is_run_dir(path):
             raise LaunchError(f"a run named {name!r} already exists in {self.root}; choose another name, or resume it")
         train_args = ["--preset", preset, *overrides, f"output.root={self.root}", f"output.name={name}"]
-        return Preview(name=name, run_path=path, config_yaml=to_yaml(cfg), train_args=train_args)
+        return Preview(name=name, run_path=path, config_yaml=to_yaml(cfg), train_args=train_args,
+                       machine_problem=machine_problem)
 
     def start(self, preset: str, overrides: list[str], name: str = "") -> Preview:
         with self._lock:
             self._refuse_if_busy()
             preview = self.preview(preset, overrides, name)
-            self.check_machine(preview)
+            if preview.machine_problem:
+                raise LaunchError(preview.machine_problem)
             preview.run_path.mkdir(parents=True, exist_ok=True)
             self._spawn(preview.name, preview.run_path, preview.train_args)
             return preview
@@ -154,18 +163,6 @@ class RunManager:
                 raise LaunchError(str(err)) from None
             self._spawn(name, path, train_args)
             return shlex.join(["python", "-m", "superflow_lite.train", *train_args])
-
-    def check_machine(self, preview: Preview) -> None:
-        """The CLI's own check that the machine can run the preset (a GPU preset on a CPU)."""
-        from ..config import build_config
-        from ..launch import UsageError, check_machine
-        from ..train import parse_args
-
-        args = parse_args(preview.train_args)
-        try:
-            check_machine(build_config(args.preset, None, args.overrides))
-        except UsageError as err:
-            raise LaunchError(str(err)) from None
 
     def _spawn(self, name: str, path: Path, train_args: list[str]) -> None:
         (path / EXIT_FILE).unlink(missing_ok=True)

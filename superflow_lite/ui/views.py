@@ -87,10 +87,8 @@ class Views:
         except (ConfigError, LaunchError, OSError) as err:
             return error_text(err), "", ""
         plan = plan_line(p.config_yaml)
-        try:
-            self.manager.check_machine(p)
-        except LaunchError as err:
-            return f"**Cannot launch on this machine:** {err}\n\n{plan}", p.command, p.config_yaml
+        if p.machine_problem:
+            return f"**Cannot launch on this machine:** {p.machine_problem}\n\n{plan}", p.command, p.config_yaml
         return f"Ready to launch **{p.name}** in `{p.run_path}`.\n\n{plan}", p.command, p.config_yaml
 
     def launch(self, *form_values):
