@@ -196,9 +196,6 @@ def test_names_stay_inside_the_runs_folder_and_nothing_reaches_a_shell(tmp_path,
         def poll(self):
             return 0
 
-        def wait(self):
-            return 0
-
     monkeypatch.setattr("superflow_lite.ui.manager.subprocess.Popen", FakePopen)
     preview = manager.start("tiny", ["train.iterations=1"], "argv-check")
     assert isinstance(seen["argv"], list) and not seen.get("shell")

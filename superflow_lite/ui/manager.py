@@ -53,6 +53,11 @@ class Preview:
         return shlex.join(["python", "-m", "superflow_lite.train", *self.train_args])
 
 
+def _reap_when_done(proc: subprocess.Popen, every_s: float = 0.5) -> None:
+    while proc.poll() is None:
+        time.sleep(every_s)
+
+
 class RunManager:
     def __init__(self, runs_root: str | Path, python: str = sys.executable, lock_path: Path | None = None,
                  env: dict | None = None, start_timeout_s: float = 30.0):
@@ -177,8 +182,10 @@ class RunManager:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT,
                                     start_new_session=True, env=env, close_fds=True)
         self._children[name] = proc
-        # Wait on it in the background: a finished supervisor is reaped at once, never a zombie.
-        threading.Thread(target=proc.wait, name=f"reap-{name}", daemon=True).start()
+        # Poll it in the background, so a finished supervisor is reaped within a second, never
+        # left a zombie. (Not proc.wait(): it holds Popen's lock, and active_run's poll() would
+        # then see the child as alive until the thread woke.)
+        threading.Thread(target=_reap_when_done, args=(proc,), name=f"reap-{name}", daemon=True).start()
         deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline and proc.poll() is None:
             launch = read_json(path / LAUNCH_FILE) or {}
