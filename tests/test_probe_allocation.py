@@ -46,6 +46,8 @@ def test_greedy_second_phase_hand_computed():
     # Drops var/(n(n+1)): a 0.2/6, a 0.2/12, a 0.2/20, then b 0.05/6 > a 0.2/30, a 0.2/30, b 0.05/12.
     extra = allocate_second_phase(np.array([2, 2, 2]), np.array([0.2, 0.05, 0.0]), budget=6, m_max=6)
     assert extra.tolist() == [4, 2, 0]
+    # Unequal starts: 0.05 / (1 * 2) = 0.025 beats 0.25 / (3 * 4) = 0.021 (var / n would pick the second).
+    assert allocate_second_phase(np.array([1, 3]), np.array([0.05, 0.25]), budget=1, m_max=6).tolist() == [1, 0]
     # Saturated: every prompt with variance is at m_max, the rest of the budget is not spent.
     assert allocate_second_phase(np.array([2, 2]), np.array([0.1, 0.0]), budget=10, m_max=5).tolist() == [3, 0]
 
