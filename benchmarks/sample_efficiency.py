@@ -44,6 +44,10 @@ METHODS: dict[str, list[str]] = {
     "superflow-no-dynamic-groups": ["algorithm=superflow", "superflow.dynamic_groups=false"],
     "superflow-no-step-weights": ["algorithm=superflow", "superflow.step_weights=none"],
     "superflow-group-mean-baseline": ["algorithm=superflow", "superflow.baseline=group_mean"],
+    # The two mechanisms that act within an iteration (ALGORITHM.md 3 and 4), alone and together.
+    "superflow-probe": ["algorithm=superflow", "superflow.allocation=probe"],
+    "superflow-x0-credit": ["algorithm=superflow", "superflow.step_credit=x0_value"],
+    "superflow-probe-x0-credit": ["algorithm=superflow", "superflow.allocation=probe", "superflow.step_credit=x0_value"],
 }
 REFERENCE = "flow_grpo"
 

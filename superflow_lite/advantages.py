@@ -15,6 +15,7 @@ Arrays: N rollouts, G groups (prompts), S trained steps. group_ids: int [N] in 0
 """
 from __future__ import annotations
 
+import math
 from typing import Literal, Sequence
 
 import numpy as np
@@ -192,3 +193,101 @@ def compute_advantages(
                       f"adv/step{t}/std": float(col.std()), f"adv/step{t}/min": float(col.min()),
                       f"adv/step{t}/max": float(col.max())})
     return adv_steps.astype(np.float32), stats
+
+
+
+# ----------------------------------------------------------------------------- x0-value step credit
+
+
+def credit_points(num_steps: int, every: int, trained_steps: Sequence[int]) -> list[int]:
+    """The steps t < T whose one-step prediction x0_hat_t is scored   (section 4, step credit).
+
+    The grid is 0, k, 2k, ... (k = `every`); V(T) is the final reward, always known. Only the
+    grid points that bound an interval holding a trained step are kept: from the last grid
+    point <= the first trained step up to the first grid point >= the last trained step + 1.
+    """
+    steps = np.asarray(trained_steps, dtype=np.int64)
+    if every < 1 or len(steps) == 0 or steps.min() < 0 or steps.max() >= num_steps:
+        raise ValueError(f"need every >= 1 and trained steps in 0..{num_steps - 1}; got {every}, {steps.tolist()}")
+    lo = int(steps.min()) // every * every
+    hi = -(-(int(steps.max()) + 1) // every) * every  # the first grid point after the last trained step
+    return list(range(lo, min(hi, num_steps - 1) + 1, every))
+
+
+def step_credit(values: np.ndarray, points: Sequence[int], num_steps: int) -> np.ndarray:
+    """delta_{i,t} = V_i(t+1) - V_i(t): the change in predicted value step t caused. [N, P+1] -> [N, T].
+
+    values: [N, P + 1], V_i at each of `points` (ascending, < T) and last V_i(T), the final
+    reward. Between consecutive scored points a < b, each step of [a, b) gets the interval's
+    change shared equally, (V(b) - V(a)) / (b - a); steps before points[0] get 0. So the
+    credits telescope: sum_t delta_{i,t} = V_i(T) - V_i(points[0]).
+    """
+    v = np.asarray(values, dtype=np.float64)
+    knots = [int(p) for p in points] + [num_steps]
+    if v.ndim != 2 or v.shape[1] != len(knots):
+        raise ValueError(f"values {v.shape} must be [N, {len(knots)}]: one column per point, then V(T)")
+    if any(b <= a for a, b in zip(knots, knots[1:])) or knots[0] < 0:
+        raise ValueError(f"points {list(points)} must be ascending and in 0..{num_steps - 1}")
+    delta = np.zeros((len(v), num_steps))
+    for j, (a, b) in enumerate(zip(knots, knots[1:])):
+        delta[:, a:b] = ((v[:, j + 1] - v[:, j]) / (b - a))[:, None]
+    return delta
+
+
+def mix_step_credit(traj_adv_steps: np.ndarray, delta: np.ndarray, unit_rewards: np.ndarray, group_ids: np.ndarray,
+                    trained_steps: Sequence[int], mix: float, adv_std: str, eps: float, clip: float) -> np.ndarray:
+    """A_{i,t} = clip((1 - lambda) w_t A_i + lambda K D_{i,t})   (section 4, step credit). [N, S].
+
+        D_{i,t} = (delta_{i,t} - mean of delta_{.,t} over i's group) / (std(r) + eps)
+
+    traj_adv_steps: [N, S] w_t A_i before the clamp (the trajectory advantage as
+    `compute_advantages` weights it); delta: [N, T] (`step_credit`); K = S trained steps,
+    so at lambda = 1 the mean over steps of A_{i,t} is the group-relative change in value
+    over the trained steps, net of the initial noise's luck V_i(first step). The std is
+    the raw rewards' (per group under adv_std "group", else the batch's), as for A_i.
+    """
+    if not 0.0 <= mix <= 1.0:
+        raise ValueError(f"step credit mix lambda must be in [0, 1], got {mix}")
+    out = (1.0 - mix) * np.asarray(traj_adv_steps, dtype=np.float64)
+    if mix == 0.0:  # exactly the trajectory advantage, whatever the credits hold
+        return np.clip(out, -clip, clip)
+    g = np.asarray(group_ids, dtype=np.int64)
+    d = np.asarray(delta, dtype=np.float64)[:, np.asarray(trained_steps, dtype=np.int64)]  # [N, S]
+    counts = np.bincount(g)[:, None]
+    sums = np.zeros((len(counts), d.shape[1]))
+    np.add.at(sums, g, d)
+    centred = d - (sums / np.maximum(counts, 1))[g]
+    scale_mode = "group" if adv_std == "group" else "global"
+    credit = np.stack([scale_advantages(centred[:, j], unit_rewards, g, scale_mode, eps)
+                       for j in range(d.shape[1])], axis=1)
+    return np.clip(out + mix * d.shape[1] * credit, -clip, clip)
+
+
+def compute_credit_advantages(unit_rewards: np.ndarray, group_ids: np.ndarray, *, x0_values: np.ndarray,
+                              points: Sequence[int], num_steps: int, mix: float,
+                              **kwargs) -> tuple[np.ndarray, dict[str, float]]:
+    """`compute_advantages` with x0-value step credit mixed in   (section 4). Returns (adv float32 [N, S], stats).
+
+    x0_values: [N, P] unit-range V_i at `points` (the scored x0 predictions); V_i(T) is the
+    unit reward. kwargs: those of `compute_advantages` (baseline, sigmas, weights, ...).
+    At mix = 0 the result equals `compute_advantages`' exactly.
+    """
+    clip = kwargs.pop("clip", 5.0)
+    steps = list(kwargs["trained_steps"])
+    r = np.asarray(unit_rewards, dtype=np.float64)
+    traj, stats = compute_advantages(r, group_ids, clip=math.inf, **kwargs)  # w_t A_i, unclamped
+    values = np.concatenate([np.asarray(x0_values, dtype=np.float64), r[:, None]], axis=1)
+    delta = step_credit(values, points, num_steps)
+    mixed_raw = mix_step_credit(traj, delta, r, group_ids, steps, mix, kwargs.get("adv_std", "global"),
+                                kwargs.get("eps", 1e-4), math.inf)
+    adv = np.clip(mixed_raw, -clip, clip)
+    stats["adv/clip_frac"] = float((np.abs(mixed_raw) > clip).mean())
+    for j, t in enumerate(steps):
+        col = adv[:, j]
+        stats.update({f"adv/step{t}/mean": float(col.mean()), f"adv/step{t}/std": float(col.std()),
+                      f"adv/step{t}/min": float(col.min()), f"adv/step{t}/max": float(col.max()),
+                      f"credit/step{t}/delta_mean": float(delta[:, t].mean())})
+    stats.update({"credit/v0_mean": float(values[:, 0].mean()), "credit/points": float(len(points)),
+                  "credit/delta_abs_mean": float(np.abs(delta[:, steps]).mean()),
+                  "credit/mix": float(mix)})
+    return adv.astype(np.float32), stats

@@ -43,6 +43,14 @@ class AlgorithmSpec:
     step_weights: Literal["sigma", "sigma_sqrt_dt", "none"]
     detach_uncond: bool
     """Detach v_uncond in the policy update's CFG (Flow-GRPO); False differentiates both branches."""
+    allocation: Literal["bins", "probe"] = "bins"
+    """How dynamic groups are sized (section 3): tracker bins, or streaming-to-group (probe the
+    chosen prompts, then spend the rest of R where the probes' variance is highest)."""
+    probe_size: int = 0
+    """Rollouts per prompt in the probe phase; 0 unless allocation is probe."""
+    step_credit: Literal["none", "x0_value"] = "none"
+    """Per-step credit from the value of the model's one-step x0 prediction (section 4), mixed
+    into the trajectory advantage; none = the trajectory advantage alone."""
 
     @property
     def min_group(self) -> int:
@@ -52,11 +60,13 @@ class AlgorithmSpec:
 
     def smallest_group(self, group_size: int, m_min: int) -> int:
         """The smallest group this spec will ever sample, before the cap shrinks anything."""
-        return m_min if self.dynamic_groups else group_size
+        if not self.dynamic_groups:
+            return group_size
+        return self.probe_size if self.allocation == "probe" else m_min
 
     def group_bounds(self, group_size: int, m_max: int, m_min: int) -> tuple[int, int]:
         """(largest, smallest) rollouts per prompt: what the memory plan and the cap check size."""
-        return (m_max, m_min) if self.dynamic_groups else (group_size, group_size)
+        return (m_max, self.smallest_group(group_size, m_min)) if self.dynamic_groups else (group_size, group_size)
 
 
 def resolve_algorithm(cfg: "Config") -> AlgorithmSpec:
@@ -64,7 +74,8 @@ def resolve_algorithm(cfg: "Config") -> AlgorithmSpec:
     sf, t = cfg.superflow, cfg.train
     if cfg.algorithm == "flow_grpo":
         # Flow-GRPO's own switches (its global_std, the CFG detach) stay switches; the
-        # SuperFlow additions (tracker baseline, step weights, dynamic groups) are off.
+        # SuperFlow additions (tracker baseline, step weights, dynamic groups, probe
+        # allocation, x0-value step credit) are off.
         return AlgorithmSpec(
             name="flow_grpo", prompt_choice="uniform", dynamic_groups=False, baseline="group_mean",
             adv_std=t.adv_std, adv_eps=t.adv_eps, step_weights="none", detach_uncond=t.detach_uncond,
@@ -72,5 +83,7 @@ def resolve_algorithm(cfg: "Config") -> AlgorithmSpec:
     return AlgorithmSpec(
         name="superflow", prompt_choice="uncertainty", dynamic_groups=sf.dynamic_groups,
         baseline=sf.baseline, adv_std=t.adv_std, adv_eps=t.adv_eps, step_weights=sf.step_weights,
-        detach_uncond=t.detach_uncond,
+        detach_uncond=t.detach_uncond, allocation=sf.allocation if sf.dynamic_groups else "bins",
+        probe_size=sf.probe_size if sf.dynamic_groups and sf.allocation == "probe" else 0,
+        step_credit=sf.step_credit,
     )

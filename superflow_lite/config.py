@@ -106,6 +106,24 @@ class SuperFlowConfig:
     d_half: float = 0.01
     weight_floor: float = 0.05
     """epsilon in w_c = sqrt(v(1-v)) + epsilon: every prompt keeps a chance."""
+    allocation: Literal["bins", "probe"] = "bins"
+    """How dynamic groups are sized (ALGORITHM.md 3): bins from the trackers before sampling, or
+    probe (streaming-to-group): probe_size rollouts per prompt, then the rest of R where the
+    probes' reward variance is highest. Off by default until the benchmark decides."""
+    probe_size: int = 2
+    """Rollouts per prompt in the probe phase: 2 is the fewest that show a variance; more are
+    added to the most uncertain prompts to fill whole sampling micro-batches."""
+    variance_prior: float = 1.0
+    """kappa: pseudo degrees of freedom of the probe variance's shrinkage toward the tracker's
+    v(1-v) (unseen: 0.25); 1 weighs the prior like a second probe pair; 0 = probes alone."""
+    step_credit: Literal["none", "x0_value"] = "none"
+    """Per-step credit (ALGORITHM.md 4): x0_value scores the decoded one-step prediction
+    x0 = x_t - s_t v_t at each step and credits each step with the value change it caused."""
+    step_credit_mix: float = 0.5
+    """lambda in A_it = (1 - lambda) w_t A_i + lambda K D_it; 0 = the trajectory advantage alone."""
+    credit_every: int = 1
+    """Score x0 every k-th step (1 = all); unscored steps share their interval's credit. A k-fold
+    cut of the extra decodes and reward calls, for costly rewards."""
 
 
 @dataclass
@@ -479,6 +497,16 @@ def validate(cfg: Config) -> None:
     _require(smallest >= spec.min_group,
              f"group size {smallest} < 2: the group-mean baseline and train.adv_std=group need >= 2 rollouts per prompt")
     _require(t.adv_eps >= 0, f"train.adv_eps must be >= 0, got {t.adv_eps}")
+    if sf.allocation == "probe" and cfg.algorithm == "superflow":
+        _require(sf.dynamic_groups, "superflow.allocation=probe sizes the groups itself: it needs superflow.dynamic_groups=true")
+        _require(spec.min_group <= sf.probe_size <= sf.m_max,
+                 f"superflow.probe_size must be in {spec.min_group}..superflow.m_max ({sf.m_max}), got {sf.probe_size}")
+        _require(sf.variance_prior >= 0, f"superflow.variance_prior must be >= 0, got {sf.variance_prior}")
+        _require(sf.probe_size - 1 + sf.variance_prior > 0,
+                 "superflow.probe_size=1 with superflow.variance_prior=0 gives no variance: raise either")
+    _require(0.0 <= sf.step_credit_mix <= 1.0, f"superflow.step_credit_mix must be in [0, 1], got {sf.step_credit_mix}")
+    _require(1 <= sf.credit_every <= s.num_steps,
+             f"superflow.credit_every must be in 1..sampling.num_steps ({s.num_steps}), got {sf.credit_every}")
     cap = sf.rollout_cap
     if cap and cfg.algorithm == "flow_grpo":
         need = sf.prompts_per_iter * sf.group_size

@@ -10,6 +10,8 @@ its range and the trainer maps it), because the trackers are Beta posteriors on 
 """
 from __future__ import annotations
 
+import dataclasses
+import heapq
 import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Sequence
@@ -151,6 +153,114 @@ def pack_micro_batches(group_sizes: Sequence[int], micro_batch: int) -> list[lis
     return [flat[i:i + micro_batch] for i in range(0, len(flat), micro_batch)]
 
 
+# ----------------------------------------------------------------------------- streaming-to-group (probe)
+
+ZERO_VARIANCE = 1e-6
+"""An estimated reward variance at or below this (a reward std of 0.001) counts as 0: such a
+prompt's rollouts would all score alike, so it gets no second-phase rollouts."""
+
+
+def whole_batches(num_rollouts: int, granule: int) -> int:
+    """`num_rollouts` rounded down to a multiple of `granule` (the sampling micro-batch times
+    the number of processes): a phase of that many rollouts leaves no pass half-empty."""
+    if granule < 1:
+        raise ValueError(f"granule must be >= 1, got {granule}")
+    return max(0, int(num_rollouts)) // granule * granule
+
+
+def probe_sizes(weights_of_chosen: np.ndarray, probe_size: int, m_max: int, cap: int, granule: int) -> np.ndarray:
+    """Phase-1 rollouts per chosen prompt (section 3, "Streaming-to-group"). int64 [B]; 0 = dropped.
+
+    Every prompt gets `probe_size`; over the cap R (0 = none) the least uncertain prompts are
+    dropped (`fit_to_cap` with fixed groups). Then, where it fits under R and m_max, extra
+    probes go one at a time to the most uncertain prompts, cycling, until the total fills
+    whole sampling micro-batches (a multiple of `granule`); where it does not fit, it stays.
+    """
+    if not 1 <= probe_size <= m_max:
+        raise ValueError(f"need 1 <= probe_size <= m_max; got {probe_size}, {m_max}")
+    w = np.asarray(weights_of_chosen, dtype=np.float64)
+    sizes = fit_to_cap(np.full(len(w), probe_size), w, cap, probe_size, probe_size)
+    total, kept = int(sizes.sum()), int((sizes > 0).sum())
+    target = -(-total // granule) * granule  # the next whole number of micro-batches
+    if target > kept * m_max or (cap > 0 and target > cap):
+        return sizes
+    order = [int(i) for i in _order_most_uncertain_first(w) if sizes[i] > 0]
+    turn = 0
+    while sizes.sum() < target:  # ends: target <= kept * m_max
+        i = order[turn % len(order)]
+        if sizes[i] < m_max:
+            sizes[i] += 1
+        turn += 1
+    return sizes
+
+
+def probe_variances(probe_rewards: Sequence[Sequence[float] | np.ndarray], prior_variances: np.ndarray,
+                    prior_count: float) -> np.ndarray:
+    """Each prompt's reward variance from its probes, shrunk toward a prior   (section 3). float64 [G].
+
+        var_c = (SS_c + kappa p_c) / (n_c - 1 + kappa)
+
+    SS_c: sum of squared deviations of prompt c's n_c probe rewards from their mean (n_c - 1
+    degrees of freedom); p_c: the prior variance; kappa = `prior_count`, its pseudo degrees
+    of freedom. This is the posterior mean of a normal variance under a scaled inverse
+    chi-squared prior (kappa dof at p_c); kappa = 0 gives the unbiased sample variance.
+    """
+    p = np.asarray(prior_variances, dtype=np.float64)
+    if len(probe_rewards) != len(p):
+        raise ValueError(f"{len(probe_rewards)} probe groups for {len(p)} prior variances")
+    if prior_count < 0:
+        raise ValueError(f"prior_count must be >= 0, got {prior_count}")
+    out = np.empty(len(p))
+    for c, r in enumerate(probe_rewards):
+        r = np.asarray(r, dtype=np.float64)
+        dof = len(r) - 1 + prior_count
+        if dof <= 0:
+            raise ValueError(f"a variance from {len(r)} probe(s) with prior_count {prior_count} is undefined; "
+                             "use probe_size >= 2 or a positive prior_count")
+        ss = float(((r - r.mean()) ** 2).sum()) if len(r) else 0.0
+        out[c] = (ss + prior_count * p[c]) / dof
+    return out
+
+
+def bernoulli_variances(values: np.ndarray) -> np.ndarray:
+    """p_c = v_c (1 - v_c): the variance of a Bernoulli(v_c) reward, the largest a [0, 1]
+    reward of mean v_c can have. An unseen prompt's v_c is the prior 0.5, so p_c = 0.25. [G]."""
+    v = np.clip(np.asarray(values, dtype=np.float64), 0.0, 1.0)
+    return v * (1.0 - v)
+
+
+def allocate_second_phase(start_sizes: np.ndarray, variances: np.ndarray, budget: int, m_max: int) -> np.ndarray:
+    """Second-phase rollouts per prompt, greedy on the baseline's variance   (section 3). int64 [G].
+
+    With n_c rollouts, the group mean's variance is var_c / n_c; one more rollout lowers it by
+    var_c / n_c - var_c / (n_c + 1) = var_c / (n_c (n_c + 1)). Each of at most `budget`
+    rollouts goes to the prompt where that drop is largest (ties: the lower index), never
+    above m_max in all, never to a prompt with var_c <= ZERO_VARIANCE. The drops shrink as
+    n_c grows, so the greedy result is the integer minimum of sum_c var_c / n_c under these
+    bounds (Neyman allocation, n_c ~ sqrt(var_c) where no bound binds). A prompt with a
+    larger variance and at least as many probes never ends with fewer rollouts.
+    Stops short of `budget` only when every prompt with variance is at m_max.
+    """
+    n = np.asarray(start_sizes, dtype=np.int64).copy()
+    var = np.asarray(variances, dtype=np.float64)
+    if n.shape != var.shape:
+        raise ValueError(f"start_sizes {n.shape} and variances {var.shape} must match")
+    if np.any(n < 1) or np.any(n > m_max):
+        raise ValueError(f"start sizes {n.tolist()} must lie in 1..m_max={m_max}")
+    extra = np.zeros(len(n), dtype=np.int64)
+    heap = [(-var[c] / (n[c] * (n[c] + 1)), c) for c in range(len(n)) if var[c] > ZERO_VARIANCE and n[c] < m_max]
+    heapq.heapify(heap)
+    for _ in range(max(0, int(budget))):
+        if not heap:
+            break
+        _, c = heapq.heappop(heap)
+        extra[c] += 1
+        size = n[c] + extra[c]
+        if size < m_max:
+            heapq.heappush(heap, (-var[c] / (size * (size + 1)), c))
+    return extra
+
+
 # ----------------------------------------------------------------------------- state
 
 
@@ -219,6 +329,10 @@ class GroupPlan:
     first_visit: list[bool]
     values: list[float] = field(default_factory=list)
     num_dropped: int = 0
+    probe_sizes: list[int] = field(default_factory=list)
+    """allocation "probe": phase-1 rollouts per prompt (group_sizes is phase 1 + phase 2); empty under bins."""
+    variances: list[float] = field(default_factory=list)
+    """allocation "probe": the shrunk reward variance each prompt's phase 2 was planned from."""
 
     @property
     def total_rollouts(self) -> int:
@@ -237,6 +351,17 @@ class GroupPlan:
             "group/size_min": float(sizes.min()) if len(sizes) else 0.0,
             "group/size_max": float(sizes.max()) if len(sizes) else 0.0,
             "group/first_visit_frac": float(np.mean(self.first_visit)) if len(sizes) else 0.0,
+            **self._probe_stats(sizes),
+        }
+
+    def _probe_stats(self, sizes: np.ndarray) -> dict[str, float]:
+        if not self.probe_sizes or not self.variances:
+            return {}
+        probes, var = np.asarray(self.probe_sizes, dtype=np.float64), np.asarray(self.variances)
+        return {
+            "group/probe_rollouts": float(probes.sum()), "group/phase2_rollouts": float((sizes - probes).sum()),
+            "group/probe_var_mean": float(var.mean()),
+            "group/no_phase2_frac": float(np.mean(sizes == probes)),  # prompts that got nothing more
         }
 
 
@@ -247,7 +372,8 @@ class GroupSampler:
     algorithm "superflow": B prompts drawn by uncertainty; with dynamic_groups, sizes from
     uncertainty bins, else G each. Both obey `rollout_cap` (R, 0 = unlimited), a public
     attribute the trainer may reset from the memory plan; fixed-G plans drop prompts
-    rather than shrink G. Trackers are updated under both algorithms (flow_grpo only logs them).
+    rather than shrink G. With allocation "probe", `plan` gives the probes and
+    `second_phase` the rest, once the probes are scored. Trackers are updated under both algorithms (flow_grpo only logs them).
     """
 
     def __init__(
@@ -255,6 +381,7 @@ class GroupSampler:
         prompts_per_iter: int, group_size: int, dynamic_groups: bool, m_max: int, m_min: int,
         num_bins: int, rollout_cap: int, baseline: Literal["tracker", "group_mean"], rho: float,
         adaptive_rho: bool, d_half: float, weight_floor: float, seed: int,
+        allocation: Literal["bins", "probe"] = "bins", probe_size: int = 2, variance_prior: float = 1.0,
     ):
         if algorithm not in ("superflow", "flow_grpo"):
             raise ValueError(f"algorithm must be 'superflow' or 'flow_grpo', got {algorithm!r}")
@@ -269,9 +396,17 @@ class GroupSampler:
         self.rollout_cap, self.baseline = rollout_cap, baseline
         self.rho, self.adaptive_rho, self.d_half = rho, adaptive_rho, d_half
         self.weight_floor = weight_floor
+        if allocation not in ("bins", "probe"):
+            raise ValueError(f"allocation must be 'bins' or 'probe', got {allocation!r}")
+        # Streaming-to-group replaces the bins (it is a way of sizing dynamic groups).
+        self.allocation = allocation if self.dynamic_groups else "bins"
+        self.probe_size, self.variance_prior = probe_size, variance_prior
+        self.granule = 1
+        """Rollouts per sampling micro-batch over all processes: the probe phases fill whole
+        multiples of it. A public attribute the trainer sets from its micro-batch."""
         # The group-mean baseline of a 1-rollout group is the reward itself: no signal.
         self.min_group = 2 if (algorithm == "flow_grpo" or baseline == "group_mean") else 1
-        smallest = m_min if self.dynamic_groups else group_size
+        smallest = (probe_size if self.allocation == "probe" else m_min) if self.dynamic_groups else group_size
         if smallest < self.min_group:
             raise ValueError(f"group size {smallest} < {self.min_group}: the group-mean baseline needs >= 2 rollouts")
         self.trackers = ValueTrackers()
@@ -289,11 +424,16 @@ class GroupSampler:
             dynamic_groups=spec.dynamic_groups, m_max=sf.m_max, m_min=sf.m_min, num_bins=sf.num_bins,
             rollout_cap=sf.rollout_cap if rollout_cap is None else rollout_cap, baseline=spec.baseline,
             rho=sf.rho, adaptive_rho=sf.adaptive_rho, d_half=sf.d_half, weight_floor=sf.weight_floor,
-            seed=cfg.train.seed,
+            seed=cfg.train.seed, allocation=spec.allocation, probe_size=sf.probe_size,
+            variance_prior=sf.variance_prior,
         )
 
     def plan(self) -> GroupPlan:
-        """Choose this iteration's prompts and group sizes (advances the RNG)."""
+        """Choose this iteration's prompts and group sizes (advances the RNG).
+
+        Under allocation "probe" the sizes are phase 1's (`probe_sizes`, filling whole
+        multiples of `granule`); the trainer scores them and asks `second_phase` for the rest.
+        """
         b = self.prompts_per_iter
         if self.algorithm == "flow_grpo":
             chosen = self.rng.choice(len(self.pool), size=b, replace=False)
@@ -302,14 +442,17 @@ class GroupSampler:
             w_pool = uncertainty_weights(self.trackers.values(self.pool), self.weight_floor)
             chosen = choose_prompts(w_pool, b, self.rng)
             w = w_pool[chosen]
-        if self.dynamic_groups:
+        if self.allocation == "probe":
+            sizes = probe_sizes(w, self.probe_size, self.m_max, self.rollout_cap, self.granule)
+        elif self.dynamic_groups:
             sizes = bin_group_sizes(w, self.m_max, self.m_min, self.num_bins)
             sizes = fit_to_cap(sizes, w, self.rollout_cap, self.m_min, self.min_group)
         else:
             sizes = fit_to_cap(np.full(b, self.group_size), w, self.rollout_cap, self.group_size, self.group_size)
         if not sizes.any():
+            smallest = self.probe_size if self.allocation == "probe" else max(self.m_min, self.min_group)
             raise ValueError(f"rollout_cap={self.rollout_cap} is below the smallest allowed group "
-                             f"({max(self.m_min, self.min_group) if self.dynamic_groups else self.group_size})")
+                             f"({smallest if self.dynamic_groups else self.group_size})")
         keep = [int(i) for i, s in zip(chosen, sizes) if s > 0]
         prompts = [self.pool[i] for i in keep]
         return GroupPlan(
@@ -317,6 +460,24 @@ class GroupSampler:
             first_visit=[not self.trackers.seen(p) for p in prompts],
             values=self.trackers.values(prompts).tolist(), num_dropped=int((sizes == 0).sum()),
         )
+
+    def second_phase(self, probe_plan: GroupPlan, probe_rewards: list[np.ndarray]) -> GroupPlan:
+        """The whole plan after phase 1 (allocation "probe", section 3): group_sizes = probes +
+        phase-2 rollouts, probe_sizes and the variances recorded. Does not touch the RNG.
+
+        Variances: `probe_variances` shrunk toward the tracker's v_c (1 - v_c) at planning
+        time (unseen: the prior's 0.25) with `variance_prior` pseudo-counts. Budget: what the
+        cap R leaves, rounded down to whole micro-batches (`whole_batches`), spent by
+        `allocate_second_phase` up to m_max per prompt.
+        """
+        probes = np.asarray(probe_plan.group_sizes, dtype=np.int64)
+        if [len(r) for r in probe_rewards] != probes.tolist():
+            raise ValueError(f"probe rewards of sizes {[len(r) for r in probe_rewards]} for probes {probes.tolist()}")
+        var = probe_variances(probe_rewards, bernoulli_variances(np.asarray(probe_plan.values)), self.variance_prior)
+        room = (self.rollout_cap if self.rollout_cap > 0 else len(probes) * self.m_max) - int(probes.sum())
+        extra = allocate_second_phase(probes, var, whole_batches(room, self.granule), self.m_max)
+        return dataclasses.replace(probe_plan, group_sizes=(probes + extra).tolist(), probe_sizes=probes.tolist(),
+                                   variances=var.tolist())
 
     def update(self, plan: GroupPlan, unit_rewards_per_group: list[np.ndarray],
                drift: float | None = None) -> dict[str, float]:

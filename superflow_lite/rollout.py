@@ -97,10 +97,13 @@ def predict_velocity(
 @dataclass
 class Trajectories:
     """latents: [B, T+1, C, H, W] float32 (x_0 = noise ... x_T = sample);
-    logp: [B, T] float32 log-prob of each transition (0 on ODE steps)."""
+    logp: [B, T] float32 log-prob of each transition (0 on ODE steps);
+    x0_hat: [B, P, C, H, W] float32 one-step predictions x_t - s_t v_t at the requested steps
+    (None when none were asked for: step credit off)."""
 
     latents: torch.Tensor
     logp: torch.Tensor
+    x0_hat: torch.Tensor | None = None
 
 
 @torch.no_grad()
@@ -112,20 +115,28 @@ def sample_trajectories(
     uncond: PromptEmbeds | None,
     guidance_scale: float,
     generator: torch.Generator | None = None,
+    x0_steps: tuple[int, ...] | list[int] = (),
 ) -> Trajectories:
-    """Run the SDE (ODE on steps with sigma_t == 0) from `noise`, recording every state."""
+    """Run the SDE (ODE on steps with sigma_t == 0) from `noise`, recording every state.
+
+    x0_steps: steps t whose one-step prediction of the clean sample, x0_hat_t = x_t - s_t v_t
+    (flow matching: x_t = (1 - s) x0 + s eps, v = eps - x0), is kept for step credit.
+    """
     x = noise.float()
-    states, logps = [x], []
+    states, logps, x0_hat = [x], [], []
     for i in range(schedule.num_steps):
         s, s_next = schedule.sigmas[i], schedule.sigmas[i + 1]
         v = predict_velocity(transformer, x, schedule.timesteps[i], cond, uncond, guidance_scale)
+        if i in x0_steps:
+            x0_hat.append(x - s * v)
         if schedule.is_sde(i):
             x, logp, _ = sde_step(x, v, s, s_next, schedule.sigma_t[i], generator=generator)
         else:
             x, logp = ode_step(x, v, s, s_next), torch.zeros(x.shape[0], device=x.device)
         states.append(x)
         logps.append(logp)
-    return Trajectories(torch.stack(states, dim=1), torch.stack(logps, dim=1))
+    return Trajectories(torch.stack(states, dim=1), torch.stack(logps, dim=1),
+                        torch.stack(x0_hat, dim=1) if x0_hat else None)
 
 
 def initial_noise(

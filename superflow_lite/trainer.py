@@ -13,7 +13,7 @@ import logging
 import math
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +49,10 @@ class Rollouts:
 
     rows: [N] global rollout indices; group: [N] group index into the plan;
     latents: [N, T+1, C, H, W]; logp_old: [N, T]; rewards/unit_rewards: [N] (all rows of
-    the iteration after the cross-process reduce, indexed by global rollout index)."""
+    the iteration after the cross-process reduce, indexed by global rollout index).
+    x0_values: [all rows, P] unit-range value of the scored one-step predictions (step credit
+    on), plan: the plan the global rows follow (the whole plan after a probe phase), perf:
+    the sampling phases' timings and pass counts."""
 
     rows: torch.Tensor
     group: torch.Tensor
@@ -58,6 +61,9 @@ class Rollouts:
     rewards: np.ndarray
     unit_rewards: np.ndarray
     extras: dict[str, np.ndarray]
+    x0_values: np.ndarray | None = None
+    plan: GroupPlan | None = None
+    perf: dict[str, float] = field(default_factory=dict)
 
 
 def iteration_seed(seed: int, iteration: int, stream: int) -> int:
@@ -179,7 +185,40 @@ class Trainer:
 
     # ------------------------------------------------------------------ rollouts
     def collect(self, plan: GroupPlan, schedule: Schedule, iteration: int) -> Rollouts:
-        """Sample every rollout of the plan in fixed-size micro-batches, then score them."""
+        """Sample every rollout of the plan in fixed-size micro-batches, then score them.
+
+        Under allocation "probe" (ALGORITHM.md 3) `plan` holds phase 1's probes: they are
+        scored, the sampler plans phase 2 from their rewards, and the result holds both
+        phases, rows renumbered to the whole plan (`Rollouts.plan`).
+        """
+        t0 = time.perf_counter()
+        first = self._collect_phase(plan, schedule, iteration, phase=0)
+        if self.algo.allocation != "probe":
+            return first
+        t_probe = time.perf_counter() - t0
+        probe_groups = plan.group_ids()
+        whole = self.sampler.second_phase(
+            plan, [first.unit_rewards[probe_groups == g] for g in range(len(plan.prompts))])
+        extra = replace(plan, group_sizes=[a - b for a, b in zip(whole.group_sizes, plan.group_sizes)])
+        second = self._collect_phase(extra, schedule, iteration, phase=1) if extra.total_rollouts else None
+        merged = merge_phases(first, second, whole)
+        n2, g = extra.total_rollouts, self.sampler.granule
+        merged.perf.update({
+            "perf/sample_probe_s": t_probe, "perf/sample_phase2_s": time.perf_counter() - t0 - t_probe,
+            # What one phase of the same rollouts would have cost, and the phase-2 slots left empty.
+            "perf/sample_batches_one_phase": float(math.ceil(len(merged.rows) / self.sample_micro_batch)),
+            "group/phase2_unfilled": float(-(-n2 // g) * g - n2),
+        })
+        return merged
+
+    def _granule(self) -> int:
+        """Rollouts in one sampling micro-batch across all processes: a phase that is a
+        multiple of it keeps every process's passes full."""
+        return self.sample_micro_batch * self.accelerator.num_processes
+
+    def _collect_phase(self, plan: GroupPlan, schedule: Schedule, iteration: int, phase: int) -> Rollouts:
+        """One sampling phase: every rollout of `plan`, scored (and, with step credit, every
+        scored step's x0 prediction decoded and scored too)."""
         group_of_row = plan.group_ids()
         total = len(group_of_row)
         rank, world = self.accelerator.process_index, self.accelerator.num_processes
@@ -187,13 +226,17 @@ class Trainer:
         self.sample_micro_batch = agree_micro_batch(self.sample_micro_batch, self.accelerator)
         self.train_micro_batch = agree_micro_batch(self.train_micro_batch, self.accelerator)
         rows = list(range(rank, total, world))
-        noise_gen = torch.Generator().manual_seed(iteration_seed(self.cfg.train.seed, iteration, 1))
+        # Phase 1 draws from seed streams 1 and 2 + rank; phase 2 from streams offset by 100.
+        noise_gen = torch.Generator().manual_seed(iteration_seed(self.cfg.train.seed, iteration, 1 + 100 * phase))
         # Draw every row's noise (all processes alike), keep ours: sharding never changes samples.
         noise = initial_noise(total, self.latent_channels, self.latent_size, noise_gen, torch.device("cpu"))[rows]
-        sde_gen = torch.Generator(self.device).manual_seed(iteration_seed(self.cfg.train.seed, iteration, 2 + rank))
+        sde_gen = torch.Generator(self.device).manual_seed(
+            iteration_seed(self.cfg.train.seed, iteration, 2 + rank + 100 * phase))
         embeds = self.encoder.encode(plan.prompts)
         uncond = self.encoder.negative()
-        latents, logps, futures = [], [], []
+        points = self._credit_points(iteration)
+        latents, logps, futures, credit_futures = [], [], [], []
+        credit_s, batches = 0.0, 0
         self.transformer.eval()
         groups_of_rows = group_of_row[rows]
         start = 0
@@ -201,27 +244,53 @@ class Trainer:
             chunk = slice(start, min(start + self.sample_micro_batch, len(rows)))
             # A CUDA OOM halves the micro-batch and redoes this chunk (memory.retry_on_oom).
             pieces, self.sample_micro_batch = retry_on_oom(
-                lambda mb: self._sample_chunk(chunk, mb, groups_of_rows, noise, embeds, uncond, schedule, sde_gen),
+                lambda mb: self._sample_chunk(chunk, mb, groups_of_rows, noise, embeds, uncond, schedule, sde_gen,
+                                              points),
                 self.sample_micro_batch, log, "sampling")
             for groups, traj, images in pieces:
-                futures.append(self.scorer.submit(images, [plan.prompts[g] for g in groups], [{} for _ in groups]))
+                prompts = [plan.prompts[g] for g in groups]
+                futures.append(self.scorer.submit(images, prompts, [{} for _ in groups]))
                 latents.append(to_rollout_buffer(traj.latents, self.buffer_device))
                 logps.append(to_rollout_buffer(traj.logp, self.buffer_device))
+                batches += 1
+                if points:  # decode each scored step's x0 prediction; the scorer works meanwhile
+                    t = time.perf_counter()
+                    credit_futures.append([
+                        self.scorer.submit(decode_images(self.pipe, traj.x0_hat[:, j], self.cfg.memory.vae_decode),
+                                           prompts, [{} for _ in groups]) for j in range(len(points))])
+                    credit_s += time.perf_counter() - t
             start = chunk.stop
         outputs = [f.result() for f in futures]
         local_scores = np.concatenate([o.scores for o in outputs]) if outputs else np.zeros(0)
         scores = self._all_rows(local_scores, rows, total)
         extras = {k: self._all_rows(np.concatenate([o.extras[k] for o in outputs]), rows, total)
                   for k in (outputs[0].extras if outputs else {})}
+        x0_values, t = None, time.perf_counter()
+        if points:
+            local = np.concatenate([np.stack([f.result().scores for f in fs], axis=1) for fs in credit_futures])
+            x0_values = np.stack([self.reward.to_unit(self._all_rows(local[:, j], rows, total))
+                                  for j in range(len(points))], axis=1)
+            credit_s += time.perf_counter() - t
+        perf = {"perf/sample_batches": float(batches), **({"perf/credit_s": credit_s} if points else {})}
         return Rollouts(
             rows=torch.tensor(rows), group=torch.tensor(group_of_row[rows]),
             latents=torch.cat(latents), logp_old=torch.cat(logps),
             rewards=scores, unit_rewards=self.reward.to_unit(scores), extras=extras,
+            x0_values=x0_values, plan=plan, perf=perf,
         )
 
+    def _credit_points(self, iteration: int) -> list[int]:
+        """The steps whose x0 prediction is scored this iteration; none with step credit off."""
+        if self.algo.step_credit != "x0_value":
+            return []
+        return adv_math.credit_points(self.cfg.sampling.num_steps, self.cfg.superflow.credit_every,
+                                      trained_steps_for(self.cfg, iteration))
+
     def _sample_chunk(self, chunk: slice, micro_batch: int, groups_of_rows: np.ndarray, noise: torch.Tensor,
-                      embeds: PromptEmbeds, uncond: PromptEmbeds, schedule: Schedule, sde_gen: torch.Generator) -> list:
-        """The rows of `chunk` sampled and decoded in pieces of `micro_batch`: [(groups, trajectories, images)]."""
+                      embeds: PromptEmbeds, uncond: PromptEmbeds, schedule: Schedule, sde_gen: torch.Generator,
+                      x0_steps: list[int] = ()) -> list:
+        """The rows of `chunk` sampled and decoded in pieces of `micro_batch`: [(groups, trajectories, images)].
+        x0_steps: steps whose one-step x0 prediction the trajectories keep (step credit)."""
         out = []
         for start in range(chunk.start, chunk.stop, micro_batch):
             piece = slice(start, min(start + micro_batch, chunk.stop))
@@ -230,7 +299,7 @@ class Trainer:
             unc = uncond.repeat(len(groups))
             traj = sample_trajectories(
                 self.transformer, noise[piece].to(self.device), schedule, cond,
-                unc.to(self.device, torch.float32), self.cfg.sampling.guidance_scale, sde_gen,
+                unc.to(self.device, torch.float32), self.cfg.sampling.guidance_scale, sde_gen, x0_steps=x0_steps,
             )
             out.append((groups, traj, decode_images(self.pipe, traj.latents[:, -1], self.cfg.memory.vae_decode)))
         return out
@@ -335,11 +404,13 @@ class Trainer:
         steps = trained_steps_for(cfg, iteration)
         sde_steps = steps if cfg.train.sde_window > 0 else None
         schedule = make_schedule(self.pipe.scheduler, cfg.sampling.num_steps, cfg.sampling.noise_level, sde_steps)
+        self.sampler.granule = self._granule()  # the sampling micro-batch may have shrunk on an OOM
         plan = self.sampler.plan()
         rollouts = self.collect(plan, schedule, iteration)
+        plan = rollouts.plan  # after a probe phase: probes + phase 2 of each prompt
         t_sample = time.perf_counter() - t0
         group_of_row = plan.group_ids()
-        adv_all, adv_stats = adv_math.compute_advantages(
+        adv_kwargs = dict(
             unit_rewards=rollouts.unit_rewards,
             group_ids=group_of_row,
             baseline=self.algo.baseline,
@@ -353,6 +424,14 @@ class Trainer:
             adv_std=self.algo.adv_std,
             eps=self.algo.adv_eps,
         )
+        if self.algo.step_credit == "x0_value":
+            t_credit = time.perf_counter()
+            adv_all, adv_stats = adv_math.compute_credit_advantages(
+                **adv_kwargs, x0_values=rollouts.x0_values, points=self._credit_points(iteration),
+                num_steps=cfg.sampling.num_steps, mix=cfg.superflow.step_credit_mix)
+            rollouts.perf["perf/credit_s"] += time.perf_counter() - t_credit
+        else:
+            adv_all, adv_stats = adv_math.compute_advantages(**adv_kwargs)
         adv = torch.as_tensor(adv_all, dtype=torch.float32)[rollouts.rows]
         embeds = self.encoder.encode(plan.prompts)
         update_stats = self.update(rollouts, adv, embeds, schedule, steps, iteration)
@@ -376,6 +455,7 @@ class Trainer:
             "perf/iter_s": elapsed,
             "perf/sample_s": t_sample,
             "perf/rollouts_per_s": plan.total_rollouts / elapsed,
+            **rollouts.perf,
             **memory_stats(self.device),
         }
 
@@ -475,6 +555,37 @@ def finite_step(grad_norm: float) -> bool:
     the gradient non-finite too, and the norm (after the cross-process reduce) is the same
     on every process, so all of them skip the same steps."""
     return math.isfinite(grad_norm)
+
+
+def merge_phases(first: Rollouts, second: Rollouts | None, plan: GroupPlan) -> Rollouts:
+    """Two sampling phases as one iteration's rollouts, following `plan` (probes + phase 2).
+
+    Global rows are renumbered so each group's rows are contiguous, its probes first, as
+    `plan.group_ids()` lays them out; each process keeps its own rows (only their numbers move).
+    """
+    if second is None:
+        return replace(first, plan=plan)
+    n1 = len(first.rewards)
+    groups = np.concatenate([first.plan.group_ids(), second.plan.group_ids()])
+    order = np.argsort(groups, kind="stable")  # new global row -> old (phase-1 rows, then phase-2 rows)
+    if not np.array_equal(groups[order], plan.group_ids()):
+        raise ValueError("the two phases' rollouts do not add up to the plan's group sizes")
+    new_of_old = np.empty_like(order)
+    new_of_old[order] = np.arange(len(order))
+    rows = new_of_old[np.concatenate([first.rows.numpy(), second.rows.numpy() + n1])]
+
+    def both(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.concatenate([a, b])[order]
+
+    perf = {k: first.perf.get(k, 0.0) + second.perf.get(k, 0.0) for k in {**first.perf, **second.perf}}
+    return Rollouts(
+        rows=torch.as_tensor(rows), group=torch.cat([first.group, second.group]),
+        latents=torch.cat([first.latents, second.latents]), logp_old=torch.cat([first.logp_old, second.logp_old]),
+        rewards=both(first.rewards, second.rewards), unit_rewards=both(first.unit_rewards, second.unit_rewards),
+        extras={k: both(first.extras[k], second.extras[k]) for k in first.extras},
+        x0_values=None if first.x0_values is None else both(first.x0_values, second.x0_values),
+        plan=plan, perf=perf,
+    )
 
 
 def make_optimizer(params: list[torch.nn.Parameter], cfg: Config) -> torch.optim.Optimizer:
