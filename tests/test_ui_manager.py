@@ -75,7 +75,8 @@ def test_start_stop_resume_and_crash(tmp_path, manager):
     assert json.loads((path / "exit.json").read_text())["returncode"] == 0
     assert latest_checkpoint_iteration(path) == stopped_at  # checkpointed before exiting
     assert lora_file(path) is not None
-    assert manager.active_run() is None
+    # exit.json is the supervisor's last write; it then releases the machine lock and exits.
+    wait_for(lambda: manager.active_run() is None, 30, "the machine to be free", path)
 
     command = manager.resume("life")
     assert command.startswith("python -m superflow_lite.train --resume ")
@@ -91,7 +92,7 @@ def test_start_stop_resume_and_crash(tmp_path, manager):
     wait_for(lambda: display_state(path) == "failed", 30, "the crash to show", path)
     report = failure_report(path)
     assert report["exit_code"] == "-9 (killed by SIGKILL)" and "memory" in report["suggestion"]
-    assert manager.active_run() is None  # the machine is free again
+    wait_for(lambda: manager.active_run() is None, 30, "the machine to be free again", path)
 
     manager.delete("life")
     assert not path.exists()
