@@ -53,10 +53,12 @@ class PromptEncoder:
 
     def encode(self, prompts: list[str]) -> PromptEmbeds:
         """Embeddings for `prompts` (in order), stacked on the CPU."""
-        missing = list(dict.fromkeys(p for p in prompts if p not in self._cache))
-        if missing:
-            for prompt, value in zip(missing, self._encode_uncached(missing)):
-                self._cache[prompt] = value
+        # One prompt per encoder pass: a batch's numerics (CLIP's pooled output among them)
+        # depend on which prompts share it, so encoding each alone makes a prompt's embedding
+        # the same whatever else was missing. A resumed run, whose cache starts empty, then
+        # repeats an uninterrupted one bit for bit.
+        for prompt in dict.fromkeys(p for p in prompts if p not in self._cache):
+            self._cache[prompt] = self._encode_uncached([prompt])[0]
         for prompt in prompts:
             self._cache.move_to_end(prompt)
         out = PromptEmbeds(

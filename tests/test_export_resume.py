@@ -77,7 +77,7 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, fast_overrides):
     lora_full, lora_split = _lora(full), _lora(split)
     assert lora_full.keys() == lora_split.keys()
     for k in lora_full:
-        torch.testing.assert_close(lora_full[k], lora_split[k], rtol=1e-5, atol=1e-7)
+        assert torch.equal(lora_full[k], lora_split[k]), k  # bit for bit on the CPU
 
 
 def test_world_model_dir_is_a_diffusers_pipeline():
