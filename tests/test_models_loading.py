@@ -134,12 +134,15 @@ def test_prompt_embeddings_cached_on_cpu_lru(reference):
     encoder._encode_uncached = lambda prompts: calls.append(list(prompts)) or original(prompts)
     first = encoder.encode(PROMPTS + PROMPTS[:1])
     again = encoder.encode(PROMPTS)
-    assert calls == [PROMPTS]  # each prompt encoded once; the repeat came from the cache
+    assert calls == [[p] for p in PROMPTS]  # each prompt encoded once, alone; the repeat came from the cache
     assert torch.equal(first.embeds[:2], again.embeds) and first.embeds.device.type == "cpu"
     encoder.encode(["a green triangle"])  # evicts the least recently used ("a red circle")
     encoder.encode(["two blue squares"])
     encoder.encode(["a red circle"])
-    assert calls == [PROMPTS, ["a green triangle"], ["a red circle"]]
+    assert calls == [[p] for p in PROMPTS] + [["a green triangle"], ["a red circle"]]
+    # Alone or beside others, a prompt gets the same embedding: a resumed run (empty cache) repeats a straight one.
+    alone = PromptEncoder(pipe, CPU, 16).encode(PROMPTS[1:])
+    assert torch.equal(alone.embeds[0], first.embeds[1]) and torch.equal(alone.pooled[0], first.pooled[1])
 
 
 def test_attention_backends(monkeypatch):
