@@ -97,6 +97,8 @@ class SuperFlowConfig:
     rollout_cap: int = 64
     """R: most rollouts per iteration; 0 = take it from the memory plan."""
     baseline: Literal["tracker", "group_mean"] = "tracker"
+    """b_i in A_i = r_i - b_i (ALGORITHM.md 4): the prompt's tracker value v_c before this iteration
+    (a first visit uses its group mean), or the group mean as Flow-GRPO."""
     step_weights: Literal["sigma", "sigma_sqrt_dt", "none"] = "sigma"
     """Per-step advantage weights along the flow (ALGORITHM.md 4); none = Flow-GRPO."""
     rho: float = 0.875
@@ -104,6 +106,7 @@ class SuperFlowConfig:
     adaptive_rho: bool = False
     """rho = clip(2^(-D/d_half), 0.875, 0.96) from the policy drift D."""
     d_half: float = 0.01
+    """D_half of adaptive rho: the drift (mean k3 KL per step) that halves old evidence's weight."""
     weight_floor: float = 0.05
     """epsilon in w_c = sqrt(v(1-v)) + epsilon: every prompt keeps a chance."""
     allocation: Literal["bins", "probe"] = "bins"
@@ -129,9 +132,13 @@ class SuperFlowConfig:
 @dataclass
 class TrainConfig:
     iterations: int = 20
+    """Iterations of sample -> reward -> update; a resume may raise it."""
     lr: float = 3e-4
+    """AdamW learning rate of the LoRA (Flow-GRPO on SD3.5-M: 3e-4; the shapes world is tuned to 1e-3)."""
     weight_decay: float = 1e-4
+    """AdamW weight decay of the LoRA (Flow-GRPO: 1e-4)."""
     grad_clip: float = 1.0
+    """Max global norm of the LoRA gradient before each optimizer step (Flow-GRPO: 1.0)."""
     clip_range: float = 1e-4
     """eps of the clipped ratio; tiny because log-probs are per-dimension means."""
     kl_beta: float = 0.04
@@ -156,9 +163,13 @@ class TrainConfig:
     cfg_in_training: bool = True
     """Recompute log-probs with CFG as sampled; off halves the training batch (and biases the ratio)."""
     optimizer: Literal["adamw", "adamw8bit"] = "adamw"
+    """adamw8bit (bitsandbytes, CUDA) keeps the optimizer state in 8 bits: a quarter of AdamW's."""
     ema: bool = False
+    """Keep an exponential moving average of the LoRA; evaluation and export use it."""
     ema_decay: float = 0.95
+    """Weight of the old average at each EMA update."""
     seed: int = 0
+    """Seeds every random choice of the run (prompts, noise, minibatch order): same seed, same run."""
 
 
 @dataclass
