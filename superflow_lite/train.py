@@ -145,7 +145,6 @@ def _train_locked(launch: Launch, run: RunDir, progress: bool) -> int:
         run.write_status(state=state, iteration=trainer.iteration)
     except OSError as err:
         return _failed(run, err, f"the run ended but its status cannot be written: {one_line(err)}")
-    log.info("%s after %d iterations; LoRA in %s", state, trainer.iteration, run.lora_dir)
     print(f"\nLoRA written to {run.lora_dir}\nLoad it with:\n\n{loading_snippet(cfg.model.name_or_path, run.lora_dir)}\n")
     if state == STOPPED:
         print(f"Resume with: python -m superflow_lite.train --resume {run.path}")
