@@ -34,7 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from superflow_lite.rundir import read_metrics  # noqa: E402
+from superflow_lite.rundir import DONE, SAMPLES_DIR, list_sample_steps, read_metrics, run_state  # noqa: E402
 from superflow_lite.stats import Interval, aligned, bootstrap_ratio, paired_bootstrap, read_eval_items  # noqa: E402
 from superflow_lite.train import main as train_main  # noqa: E402
 
@@ -64,12 +64,6 @@ TUNED = ["train.lr=1e-3", "train.clip_range=1e-3", "train.kl_beta=0", "sampling.
          "superflow.m_max=16", "superflow.m_min=8", "superflow.num_bins=2"]
 
 
-def eval_dirs(run_dir: Path) -> dict[int, Path]:
-    """{iteration: samples dir} of every finished evaluation of a run."""
-    samples = run_dir / "samples"
-    return {int(p.name): p for p in sorted(samples.iterdir()) if (p / "index.json").is_file()} if samples.is_dir() else {}
-
-
 def curve(run_dir: Path) -> dict:
     """Eval points with cumulative rollouts and training seconds, and the per-item scores.
 
@@ -88,7 +82,7 @@ def curve(run_dir: Path) -> dict:
     steps = sorted(points)
     out = {k: np.asarray([points[s][i] for s in steps], dtype=float)
            for i, k in enumerate(("rollouts", "seconds", "reward", "strict"))}
-    dirs = eval_dirs(run_dir)
+    dirs = {step: run_dir / SAMPLES_DIR / f"{step:06d}" for step in list_sample_steps(run_dir)}
     out["items"], out["reward_items"], out["strict_items"] = [], np.zeros((0, 0)), np.zeros((0, 0))
     if dirs and all(s in dirs for s in steps):
         for metric in ("reward", "strict"):
@@ -268,11 +262,6 @@ def run_once(run_dir: Path, method: str, seed: int, iterations: int, eval_every:
         raise SystemExit(f"{method} seed {seed} failed with exit code {code}")
 
 
-def is_done(run_dir: Path) -> bool:
-    status = run_dir / "status.json"
-    return status.is_file() and json.loads(status.read_text()).get("state") == "done"
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
@@ -293,7 +282,7 @@ def main() -> int:
             run_dir = args.out / "runs" / f"{method}-s{seed}"
             if args.fresh and run_dir.exists():
                 shutil.rmtree(run_dir)
-            if not is_done(run_dir):
+            if run_state(run_dir) != DONE:
                 if args.summary_only:
                     continue
                 run_once(run_dir, method, seed, args.iterations, args.eval_every, args.set)

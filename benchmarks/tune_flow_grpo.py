@@ -21,10 +21,10 @@ import shutil
 import sys
 from pathlib import Path
 
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from superflow_lite.rundir import DONE, SAMPLES_DIR, list_sample_steps, run_state  # noqa: E402
 from superflow_lite.stats import aligned, paired_bootstrap, read_eval_items  # noqa: E402
 from superflow_lite.train import main as train_main  # noqa: E402
 
@@ -63,8 +63,7 @@ SETTINGS: dict[str, list[str]] = {
 
 def run_setting(out: Path, name: str, iterations: int, eval_every: int) -> Path:
     run_dir = out / "runs" / name
-    status = run_dir / "status.json"
-    if status.is_file() and json.loads(status.read_text()).get("state") == "done":
+    if run_state(run_dir) == DONE:
         return run_dir
     if run_dir.exists():
         shutil.rmtree(run_dir)
@@ -76,21 +75,16 @@ def run_setting(out: Path, name: str, iterations: int, eval_every: int) -> Path:
     return run_dir
 
 
-def eval_steps(run_dir: Path) -> list[Path]:
-    return sorted(p for p in (run_dir / "samples").iterdir() if (p / "index.json").is_file())
-
-
 def summarise(out: Path) -> list[dict]:
     rows = []
     for name in SETTINGS:
         run_dir = out / "runs" / name
-        status = run_dir / "status.json"
-        if not (status.is_file() and json.loads(status.read_text()).get("state") == "done"):
+        if run_state(run_dir) != DONE:
             continue
-        steps = eval_steps(run_dir)
-        row = {"setting": name, "overrides": SETTINGS[name], "eval_steps": [int(p.name) for p in steps]}
+        steps = list_sample_steps(run_dir)
+        row = {"setting": name, "overrides": SETTINGS[name], "eval_steps": steps}
         for metric in ("strict", "reward"):
-            table = aligned([read_eval_items(p, metric) for p in steps])
+            table = aligned([read_eval_items(run_dir / SAMPLES_DIR / f"{step:06d}", metric) for step in steps])
             base = table[0]
             row[f"{metric}_base"] = float(base.mean())
             row[f"{metric}_final"] = float(table[-1].mean())

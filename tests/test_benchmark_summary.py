@@ -2,7 +2,6 @@
 curves read from run directories, interpolated crossings, per-item pairing, ratios."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -10,18 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchmark_scripts import load_benchmark
 from superflow_lite.stats import aligned, bootstrap_ratio, paired_bootstrap, read_eval_items
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "sample_efficiency.py"
 ITEMS = [(f"prompt {i}", s) for i in range(6) for s in range(2)]
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("sample_efficiency", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("sample_efficiency")
 
 
 def write_run(run_dir: Path, evals: dict[int, list[float]], rollouts_per_iter: int, iter_s: float) -> Path:

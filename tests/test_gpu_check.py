@@ -1,25 +1,17 @@
 """benchmarks/gpu_check.py --cpu-smoke: every step of the GPU check on tiny shapes, on the CPU."""
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
+
+from benchmark_scripts import load_benchmark
 
 pytest.importorskip("bitsandbytes")
 
 
-def _gpu_check():
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_check.py"
-    spec = importlib.util.spec_from_file_location("gpu_check", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_cpu_smoke_runs_every_step_and_records_each(tmp_path):
-    gpu_check = _gpu_check()
+    gpu_check = load_benchmark("gpu_check")
     out = tmp_path / "results.json"
     assert gpu_check.main(["--cpu-smoke", "--out", str(out)]) == 0
     records = {r["step"]: r for r in json.loads(out.read_text())}
@@ -38,16 +30,15 @@ def test_cpu_smoke_runs_every_step_and_records_each(tmp_path):
 
 def test_a_cut_short_run_keeps_what_it_measured(tmp_path):
     out = tmp_path / "results.json"
-    assert _gpu_check().main(["--cpu-smoke", "--out", str(out), "--budget-s", "0"]) == 0
+    assert load_benchmark("gpu_check").main(["--cpu-smoke", "--out", str(out), "--budget-s", "0"]) == 0
     records = json.loads(out.read_text())
     assert records[0]["step"] == "env" and records[0]["ok"]
     assert all("skipped" in r["error"] for r in records[1:]) and len(records) == 8
 
 
-def test_without_cuda_the_full_check_exits_2(tmp_path, capsys):
+def test_without_cuda_the_full_check_exits_2(tmp_path, capsys, monkeypatch):
     import torch
 
-    if torch.cuda.is_available():
-        pytest.skip("checks the no-CUDA message")
-    assert _gpu_check().main(["--out", str(tmp_path / "r.json")]) == 2
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same message on a CUDA machine too
+    assert load_benchmark("gpu_check").main(["--out", str(tmp_path / "r.json")]) == 2
     assert "--cpu-smoke" in capsys.readouterr().err and not (tmp_path / "r.json").exists()

@@ -1,13 +1,13 @@
 """The memory plan: exact parameter terms, measured activation laws, decisions, presets, CLI."""
 from __future__ import annotations
 
-import importlib.util
 import logging
 from pathlib import Path
 
 import pytest
 import torch
 
+from benchmark_scripts import load_benchmark
 from superflow_lite import memory, models, text_encoders
 from superflow_lite.config import build_config
 
@@ -117,11 +117,7 @@ def test_activation_laws_reproduce_their_measurements(name, term, features):
 
 def test_activation_tracker_counts_real_allocations():
     """The measurement's tracker gives the same bytes on real tensors and on FakeTensors."""
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "measure_activations.py"
-    spec = importlib.util.spec_from_file_location("measure_activations", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    check = mod.tracker_check()
+    check = load_benchmark("measure_activations").tracker_check()
     assert check["real_bytes"] == check["fake_bytes"] > 0
     assert memory.measurements()["tracker_check"]["real_bytes"] == check["real_bytes"]
 
@@ -259,19 +255,11 @@ def test_rollout_buffer_copy_on_cpu():
     assert torch.equal(out, t)
 
 
-def _measure_module():
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "measure_activations.py"
-    spec = importlib.util.spec_from_file_location("measure_activations", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_int8_kept_inputs_law_equals_real_width_blocks():
     """bitsandbytes' MatMul8bitLt keeps its inputs outside save_for_backward: the counted law
     equals what a real-width int8 transformer (4 blocks, every block kind) holds after its
     checkpointed forward, at one row (the last block's joint output kept whole) and at two."""
-    for point in _measure_module().int8_kept_check():
+    for point in load_benchmark("measure_activations").int8_kept_check():
         assert point["measured_bytes"] == point["law_bytes"] > 0, point
 
 

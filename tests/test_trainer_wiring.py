@@ -251,3 +251,29 @@ def test_flow_grpo_is_flow_grpo_whatever_the_superflow_switches_say(tmp_path, fa
     assert (seen["baseline"], seen["weight_kind"], seen["adv_std"], seen["eps"]) == ("group_mean", "none", "global", 1e-4)
     sizes = trainer.sampler.plan().group_sizes
     assert sizes == [cfg.superflow.group_size] * len(sizes)
+
+
+@pytest.mark.parametrize("detach", [True, False])
+def test_the_update_uses_the_configured_cfg_detach(tmp_path, fast_overrides, monkeypatch, detach):
+    import superflow_lite.trainer as trainer_module
+
+    trainer = make_trainer(tmp_path, fast_overrides, "train.kl_beta=0", f"train.detach_uncond={str(detach).lower()}")
+    plan, schedule, rollouts = collect(trainer)
+    seen = []
+    real = trainer_module.predict_velocity
+    monkeypatch.setattr(trainer_module, "predict_velocity",
+                        lambda *a, **k: seen.append(k.get("detach_uncond", False)) or real(*a, **k))
+    trainer.step_loss(batch_of(trainer, plan, rollouts, torch.zeros(len(rollouts.rows), 1)), schedule, 0, 0)
+    assert seen == [detach]
+
+
+def test_eval_split_val_scores_the_validation_prompts(tmp_path, fast_overrides):
+    from superflow_lite.world.prompts import val_prompts
+
+    trainer = make_trainer(tmp_path, fast_overrides, "prompts.eval_split=val", "prompts.num_eval_prompts=3",
+                           "sampling.eval_num_steps=2")
+    trainer.evaluate(0)
+    import json
+
+    index = json.loads((trainer.run.samples_dir / "000000" / "index.json").read_text())
+    assert {row["prompt"] for row in index} <= set(val_prompts()) and len(index) == 3
