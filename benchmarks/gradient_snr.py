@@ -61,6 +61,8 @@ def main() -> int:
     parser.add_argument("--group-size", type=int, default=16, help="rollouts per prompt (two prompts per batch)")
     parser.add_argument("--batches", type=int, default=4)
     parser.add_argument("--x0-credit", action="store_true", help="also measure per-step x0-value credit")
+    parser.add_argument("--sde-steps", type=int, nargs="*", default=None, metavar="T",
+                        help="SDE (and train) only these steps, ODE elsewhere (default: the config's)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -74,13 +76,14 @@ def main() -> int:
     run = RunDir(work / "run")
     run.create()
     trainer = Trainer(cfg, run)
-    steps = trained_steps_for(cfg, 0)
+    steps = args.sde_steps if args.sde_steps is not None else trained_steps_for(cfg, 0)
+    windowed = args.sde_steps is not None or cfg.train.sde_window > 0
     grads: dict[str, list[torch.Tensor]] = {"flow_grpo": [], "x0_credit": []}
     with AsyncRewardScorer(trainer.reward) as trainer.scorer:
         for batch in range(args.batches):
             # With an SDE window, every batch uses the window of iteration 0 (the same steps).
             schedule = make_schedule(trainer.pipe.scheduler, cfg.sampling.num_steps, cfg.sampling.noise_level,
-                                     steps if cfg.train.sde_window else None)
+                                     steps if windowed else None)
             plan = trainer.sampler.plan()
             rollouts = trainer.collect(plan, schedule, batch)
             group_of_row = plan.group_ids()

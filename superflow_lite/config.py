@@ -70,6 +70,10 @@ class SamplingConfig:
     """Classifier-free guidance w of training rollouts (Flow-GRPO: 4.5)."""
     noise_level: float = 0.7
     """a in sigma_t = a*sqrt(s/(1-s)) (ALGORITHM.md 1); 0 gives the ODE sampler."""
+    group_noise: Literal["independent", "shared"] = "independent"
+    """independent: each rollout its own initial noise (Flow-GRPO); shared: a group starts from one
+    noise (DanceGRPO's init_same_noise), so its reward spread comes only from the SDE noise the
+    policy gradient credits (ALGORITHM.md 1)."""
     micro_batch: int = 8
     """Rollouts per sampling forward pass (doubled inside by CFG)."""
     max_sequence_length: int = 128

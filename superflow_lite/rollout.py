@@ -114,10 +114,13 @@ def sample_trajectories(
     cond: PromptEmbeds,
     uncond: PromptEmbeds | None,
     guidance_scale: float,
-    generator: torch.Generator | None = None,
+    sde_noise: torch.Tensor | None = None,
     x0_steps: tuple[int, ...] | list[int] = (),
 ) -> Trajectories:
     """Run the SDE (ODE on steps with sigma_t == 0) from `noise`, recording every state.
+
+    sde_noise: [B, T, C, H, W] the standard normal draw of each row's step t (rollout_sde_noise);
+    required when the schedule has an SDE step.
 
     x0_steps: steps t whose one-step prediction of the clean sample, x0_hat_t = x_t - s_t v_t
     (flow matching: x_t = (1 - s) x0 + s eps, v = eps - x0), is kept for step credit.
@@ -130,7 +133,7 @@ def sample_trajectories(
         if i in x0_steps:
             x0_hat.append(x - s * v)
         if schedule.is_sde(i):
-            x, logp, _ = sde_step(x, v, s, s_next, schedule.sigma_t[i], generator=generator)
+            x, logp, _ = sde_step(x, v, s, s_next, schedule.sigma_t[i], eps=sde_noise[:, i])
         else:
             x, logp = ode_step(x, v, s, s_next), torch.zeros(x.shape[0], device=x.device)
         states.append(x)
@@ -144,6 +147,15 @@ def initial_noise(
 ) -> torch.Tensor:
     """x_0 ~ N(0, I), drawn on the CPU so a seed gives the same noise on any device."""
     return torch.randn((num, channels, latent_size, latent_size), generator=generator).to(device)
+
+
+def rollout_sde_noise(rows: list[int], num_steps: int, channels: int, latent_size: int, seed: int) -> torch.Tensor:
+    """Each rollout's SDE noise [len(rows), T, C, H, W], drawn on the CPU from a generator of its
+    own (seed + row): a row's sample never depends on which process or micro-batch draws it."""
+    return torch.stack([
+        torch.randn((num_steps, channels, latent_size, latent_size),
+                    generator=torch.Generator().manual_seed((seed + row) % 2**63))
+        for row in rows])
 
 
 @torch.no_grad()

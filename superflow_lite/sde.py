@@ -67,16 +67,19 @@ def sde_step(
     sigma_t: float,
     x_next: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    eps: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One SDE step. Sampling draws x_next; training passes the stored x_next.
+    """One SDE step. Sampling draws x_next (from `eps` when given, else from `generator`);
+    training passes the stored x_next.
 
     Returns (x_next [B, C, H, W] float32, logp [B], mu [B, C, H, W]).
     Requires sigma_t > 0 (a zero-noise step has no density: use ode_step).
     """
     mu, std = sde_step_mean_std(x, velocity, sigma, sigma_next, sigma_t)
     if x_next is None:
-        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=torch.float32)
-        x_next = mu + std * eps
+        if eps is None:
+            eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=torch.float32)
+        x_next = mu + std * eps.to(mu.device, torch.float32)
     return x_next.float(), gaussian_logp(x_next, mu, std), mu
 
 

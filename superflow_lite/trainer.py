@@ -36,7 +36,8 @@ from .policy import clipped_policy_loss
 from .prompts import eval_subset, load_prompts
 from .rewards.async_scorer import AsyncRewardScorer
 from .rewards.registry import build_reward
-from .rollout import Schedule, decode_images, initial_noise, make_schedule, predict_velocity, sample_trajectories
+from .rollout import (Schedule, decode_images, initial_noise, make_schedule, predict_velocity, rollout_sde_noise,
+                      sample_trajectories)
 from .rundir import RunDir, read_metrics
 from .sde import gaussian_logp, kl_to_reference, sde_step_mean_std
 
@@ -226,12 +227,21 @@ class Trainer:
         self.sample_micro_batch = agree_micro_batch(self.sample_micro_batch, self.accelerator)
         self.train_micro_batch = agree_micro_batch(self.train_micro_batch, self.accelerator)
         rows = list(range(rank, total, world))
-        # Phase 1 draws from seed streams 1 and 2 + rank; phase 2 from streams offset by 100.
+        # Phase 1 draws the initial noise from stream 1 and the SDE noise from stream 2; phase 2 offsets both by 100.
         noise_gen = torch.Generator().manual_seed(iteration_seed(self.cfg.train.seed, iteration, 1 + 100 * phase))
         # Draw every row's noise (all processes alike), keep ours: sharding never changes samples.
-        noise = initial_noise(total, self.latent_channels, self.latent_size, noise_gen, torch.device("cpu"))[rows]
-        sde_gen = torch.Generator(self.device).manual_seed(
-            iteration_seed(self.cfg.train.seed, iteration, 2 + rank + 100 * phase))
+        if self.cfg.sampling.group_noise == "shared":
+            # One noise per prompt, from phase 1's stream: a probe's second phase starts where its first did.
+            group_gen = torch.Generator().manual_seed(iteration_seed(self.cfg.train.seed, iteration, 1))
+            per_group = initial_noise(len(plan.prompts), self.latent_channels, self.latent_size, group_gen,
+                                      torch.device("cpu"))
+            noise = per_group[torch.as_tensor(group_of_row)][rows]
+        else:
+            noise = initial_noise(total, self.latent_channels, self.latent_size, noise_gen, torch.device("cpu"))[rows]
+        # Each row's SDE noise from its own generator (seed x 4099 + row: rows < 4099 never reach
+        # another iteration's or stream's seeds): 1 or N processes sample the same rollouts.
+        sde_noise = rollout_sde_noise(rows, schedule.num_steps, self.latent_channels, self.latent_size,
+                                      iteration_seed(self.cfg.train.seed, iteration, 2 + 100 * phase) * 4_099)
         embeds = self.encoder.encode(plan.prompts)
         uncond = self.encoder.negative()
         points = self._credit_points(iteration)
@@ -244,7 +254,7 @@ class Trainer:
             chunk = slice(start, min(start + self.sample_micro_batch, len(rows)))
             # A CUDA OOM halves the micro-batch and redoes this chunk (memory.retry_on_oom).
             pieces, self.sample_micro_batch = retry_on_oom(
-                lambda mb: self._sample_chunk(chunk, mb, groups_of_rows, noise, embeds, uncond, schedule, sde_gen,
+                lambda mb: self._sample_chunk(chunk, mb, groups_of_rows, noise, embeds, uncond, schedule, sde_noise,
                                               points),
                 self.sample_micro_batch, log, "sampling")
             for groups, traj, images in pieces:
@@ -287,7 +297,7 @@ class Trainer:
                                       trained_steps_for(self.cfg, iteration))
 
     def _sample_chunk(self, chunk: slice, micro_batch: int, groups_of_rows: np.ndarray, noise: torch.Tensor,
-                      embeds: PromptEmbeds, uncond: PromptEmbeds, schedule: Schedule, sde_gen: torch.Generator,
+                      embeds: PromptEmbeds, uncond: PromptEmbeds, schedule: Schedule, sde_noise: torch.Tensor,
                       x0_steps: list[int] = ()) -> list:
         """The rows of `chunk` sampled and decoded in pieces of `micro_batch`: [(groups, trajectories, images)].
         x0_steps: steps whose one-step x0 prediction the trajectories keep (step credit)."""
@@ -299,7 +309,7 @@ class Trainer:
             unc = uncond.repeat(len(groups))
             traj = sample_trajectories(
                 self.transformer, noise[piece].to(self.device), schedule, cond,
-                unc.to(self.device, torch.float32), self.cfg.sampling.guidance_scale, sde_gen, x0_steps=x0_steps,
+                unc.to(self.device, torch.float32), self.cfg.sampling.guidance_scale, sde_noise[piece], x0_steps=x0_steps,
             )
             out.append((groups, traj, decode_images(self.pipe, traj.latents[:, -1], self.cfg.memory.vae_decode)))
         return out
