@@ -147,6 +147,8 @@ def summarise(by_seed: dict[str, dict[int, dict]], reference: str = REFERENCE, t
             "final_reward": [float(c["reward"][-1]) for c in runs],
             "final_strict": [float(c["strict"][-1]) for c in runs],
             "reward_curve_mean": np.mean([c["reward"] for c in runs], axis=0).tolist() if _same_grid(runs) else None,
+            "visits_per_prompt": float(np.mean([c["visits"]["visits_per_prompt"] for c in runs if "visits" in c] or [np.nan])),
+            "first_visit_frac": float(np.mean([c["visits"]["first_visit_frac"] for c in runs if "visits" in c] or [np.nan])),
         }
         if per_item:
             for metric in ("reward", "strict"):
@@ -210,14 +212,15 @@ def table(summary: dict) -> str:
         f"{target}; equal-rollout budget {summary['equal_rollouts']:.0f}. "
         "Intervals: 95% paired bootstrap over training seeds and test items.",
         "",
-        "| method | seeds | strict gain over base | reward gain over base | rollouts to target | "
+        "| method | seeds | visits per prompt (first visits) | strict gain over base | reward gain over base | rollouts to target | "
         f"rollouts ratio to {ref} | seconds ratio to {ref} | reward vs {ref} at equal rollouts | "
         f"strict vs {ref} at equal rollouts | reward AUC vs {ref} | seconds per rollout ratio |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for method, m in summary["methods"].items():
         lines.append(
-            f"| {method} | {m['seeds']} | {fmt(m.get('strict_gain'))} | {fmt(m.get('reward_gain'))} | "
+            f"| {method} | {m['seeds']} | {m.get('visits_per_prompt', float('nan')):.1f} "
+            f"({m.get('first_visit_frac', float('nan')):.0%}) | {fmt(m.get('strict_gain'))} | {fmt(m.get('reward_gain'))} | "
             f"{fmt_spread(m['rollouts_to_target'])} | {fmt(m.get('rollouts_ratio'), 2, False)} | "
             f"{fmt(m.get('seconds_ratio'), 2, False)} | {fmt(m.get('reward_vs_reference'))} | "
             f"{fmt(m.get('strict_vs_reference'))} | {fmt(m.get('reward_auc_vs_reference'))} | "
@@ -225,7 +228,7 @@ def table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def plot(curves: dict[str, list[dict]], path: Path) -> None:
+def plot(curves: dict[str, list[dict]], path: Path, scored_on: str = "72 test prompts x 4 seeds") -> None:
     """Mean test reward and strict accuracy over rollouts, with a band of +- one standard
     error over training seeds."""
     import matplotlib
@@ -245,11 +248,45 @@ def plot(curves: dict[str, list[dict]], path: Path) -> None:
         ax.set_ylabel(f"test {metric}" + (" accuracy" if metric == "strict" else ""))
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle("shapes world, 72 test prompts x 4 seeds; band: +- 1 s.e. over training seeds", fontsize=9)
+    fig.suptitle(f"shapes world, {scored_on}; band: +- 1 s.e. over training seeds", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+# The recurring regime's evaluation: every pool prompt with these seeds (fresh noise: no
+# training rollout starts from an evaluation seed's noise).
+POOL_EVAL_SEEDS = list(range(8))
+
+
+def recurring_pool(out: Path, size: int) -> list[str]:
+    """The recurring regime: the RL pool cut to `size` train prompts (a fixed shuffle), so each
+    prompt is visited several times in one run, and the evaluation scores those same prompts
+    with fresh noise (`size` x 8 items): what RL on recurring prompts buys, which is what a
+    per-prompt tracker can speed up; not generalisation to the test split. Returns the
+    overrides that select the pool."""
+    import random
+
+    from superflow_lite.world.prompts import rl_train_prompts
+
+    pool = rl_train_prompts()
+    random.Random(0).shuffle(pool)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"pool{size}.txt"
+    path.write_text("\n".join(pool[:size]) + "\n")
+    return [f"prompts.source={path}", f"prompts.test_source={path}", f"prompts.num_eval_prompts={size}",
+            f"prompts.eval_seeds=[{','.join(map(str, POOL_EVAL_SEEDS))}]"]
+
+
+def visits(run_dir: Path) -> dict:
+    """How often the run revisited its prompts: prompt visits per distinct prompt seen, and the
+    share of groups that were a prompt's first visit (where no tracker knows anything yet)."""
+    rows = [r for r in read_metrics(run_dir) if "group/num_prompts" in r]
+    groups = sum(r["group/num_prompts"] for r in rows)
+    first = sum(r["group/num_prompts"] * r.get("group/first_visit_frac", 0.0) for r in rows)
+    return {"groups": groups, "first_visit_frac": first / max(groups, 1),
+            "visits_per_prompt": groups / max(first, 1)}
 
 
 def run_once(run_dir: Path, method: str, seed: int, iterations: int, eval_every: int, extra: list[str]) -> None:
@@ -273,9 +310,12 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/sample_efficiency"))
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="extra config overrides for every method, e.g. train.lr=1e-3")
+    parser.add_argument("--pool", type=int, default=0, metavar="N",
+                        help="the recurring regime: train on N train prompts only and score those (0: the whole pool of 618, scored on the test split)")
     parser.add_argument("--fresh", action="store_true", help="delete earlier runs instead of reusing them")
     parser.add_argument("--summary-only", action="store_true", help="train nothing: summarise the finished runs")
     args = parser.parse_args()
+    extra = [*args.set, *(recurring_pool(args.out, args.pool) if args.pool else [])]
     curves: dict[str, dict[int, dict]] = {}
     for method in args.methods:
         for seed in args.seeds:
@@ -285,8 +325,8 @@ def main() -> int:
             if run_state(run_dir) != DONE:
                 if args.summary_only:
                     continue
-                run_once(run_dir, method, seed, args.iterations, args.eval_every, args.set)
-            curves.setdefault(method, {})[seed] = curve(run_dir)
+                run_once(run_dir, method, seed, args.iterations, args.eval_every, extra)
+            curves.setdefault(method, {})[seed] = {**curve(run_dir), "visits": visits(run_dir)}
     if not curves or REFERENCE not in curves:
         print(f"no finished runs of {REFERENCE} under {args.out / 'runs'}: run the benchmark without "
               "--summary-only first", file=sys.stderr)
@@ -294,7 +334,9 @@ def main() -> int:
     summary = summarise(curves, REFERENCE, args.target)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
-    plot({m: list(runs.values()) for m, runs in curves.items()}, args.out / "curves.png")
+    scored_on = (f"recurring pool of {args.pool} train prompts, scored on them x {len(POOL_EVAL_SEEDS)} seeds"
+                 if args.pool else "72 test prompts x 4 seeds")
+    plot({m: list(runs.values()) for m, runs in curves.items()}, args.out / "curves.png", scored_on)
     print(table(summary))
     return 0
 

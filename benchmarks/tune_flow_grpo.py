@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from superflow_lite.rundir import DONE, SAMPLES_DIR, list_sample_steps, run_state  # noqa: E402
+from superflow_lite.rundir import DONE, SAMPLES_DIR, list_sample_steps, read_metrics, run_state  # noqa: E402
 from superflow_lite.stats import aligned, paired_bootstrap, read_eval_items  # noqa: E402
 from superflow_lite.train import main as train_main  # noqa: E402
 
@@ -38,10 +38,16 @@ CENTRE = ["train.lr=1e-3", "train.clip_range=1e-3", "train.kl_beta=0", "sampling
 
 
 def around(*changes: str) -> list[str]:
-    """The centre with some keys replaced."""
+    """The centre with some keys replaced (a later change of the same key wins)."""
+    merged = {c.split("=")[0]: c for c in (*CENTRE, *changes)}
     keys = {c.split("=")[0] for c in changes}
-    return [c for c in CENTRE if c.split("=")[0] not in keys] + list(changes)
+    return [c for c in CENTRE if c.split("=")[0] not in keys] + [merged[k] for k in dict.fromkeys(
+        c.split("=")[0] for c in changes)]
 
+
+# Round 4's budget and shape: the best of round 3 (2 x 16 at lr 1e-3) for 96 iterations.
+ROUND4 = ["train.lr=1e-3", "superflow.prompts_per_iter=2", "superflow.group_size=16", "train.iterations=96",
+          "output.eval_every=48", "output.checkpoint_every=96"]
 
 SETTINGS: dict[str, list[str]] = {
     # Round 1: the published settings, then the learning rate around the centre.
@@ -58,6 +64,22 @@ SETTINGS: dict[str, list[str]] = {
     "lr1e-3-groups16": around("train.lr=1e-3", "superflow.prompts_per_iter=2", "superflow.group_size=16"),
     "lr3e-3-groups16-kl0.04": around("train.lr=3e-3", "superflow.prompts_per_iter=2", "superflow.group_size=16",
                                      "train.kl_beta=0.04"),
+    # Round 4: variance reduction at 4x the budget (96 iterations, 3072 rollouts). Rounds 1-3
+    # moved strict accuracy by a few hundredths at most: one batch's gradient is mostly noise
+    # (RESULTS.md, "How much of a policy gradient is signal"). A group started from one noise
+    # (sampling.group_noise=shared) leaves the SDE noise the only cause of its reward spread;
+    # an SDE window (train.sde_window=k) trains k steps, so a rollout costs far less.
+    "r4-groups16": around(*ROUND4),
+    "r4-groups16-shared": around(*ROUND4, "sampling.group_noise=shared"),
+    "r4-window2": around(*ROUND4, "train.sde_window=2"),
+    "r4-window2-shared": around(*ROUND4, "train.sde_window=2", "sampling.group_noise=shared"),
+    "r4-window2-shared-lr3e-3": around(*ROUND4, "train.sde_window=2", "sampling.group_noise=shared", "train.lr=3e-3"),
+    "r4-window4-shared": around(*ROUND4, "train.sde_window=4", "sampling.group_noise=shared"),
+    # A window anywhere lost 0.14 strict accuracy by iteration 48: a late window trains steps whose
+    # noise barely changes the layout, so their update is noise. Windows at the high-noise start:
+    "r4-first2": around(*ROUND4, "train.sde_window=2", "train.sde_window_span=2"),
+    "r4-first2-shared": around(*ROUND4, "train.sde_window=2", "train.sde_window_span=2", "sampling.group_noise=shared"),
+    "r4-early2-shared": around(*ROUND4, "train.sde_window=2", "train.sde_window_span=4", "sampling.group_noise=shared"),
 }
 
 
@@ -67,9 +89,10 @@ def run_setting(out: Path, name: str, iterations: int, eval_every: int) -> Path:
         return run_dir
     if run_dir.exists():
         shutil.rmtree(run_dir)
+    # The setting's own overrides come last: a round with its own budget (round 4) wins.
     code = train_main(["--preset", "tiny", "--no-progress", "--output", str(run_dir), *BUDGET, *VALIDATION,
-                       *SETTINGS[name], f"train.iterations={iterations}", f"output.eval_every={eval_every}",
-                       f"output.checkpoint_every={iterations}", "train.seed=0"])
+                       f"train.iterations={iterations}", f"output.eval_every={eval_every}",
+                       f"output.checkpoint_every={iterations}", "train.seed=0", *SETTINGS[name]])
     if code != 0:
         raise SystemExit(f"setting {name} failed with exit code {code}")
     return run_dir
@@ -82,7 +105,10 @@ def summarise(out: Path) -> list[dict]:
         if run_state(run_dir) != DONE:
             continue
         steps = list_sample_steps(run_dir)
-        row = {"setting": name, "overrides": SETTINGS[name], "eval_steps": steps}
+        metrics = read_metrics(run_dir)
+        row = {"setting": name, "overrides": SETTINGS[name], "eval_steps": steps,
+               "rollouts": int(max(m.get("rollouts/total", 0) for m in metrics)),
+               "train_s": float(sum(m.get("perf/iter_s", 0.0) for m in metrics))}
         for metric in ("strict", "reward"):
             table = aligned([read_eval_items(run_dir / SAMPLES_DIR / f"{step:06d}", metric) for step in steps])
             base = table[0]
@@ -100,10 +126,11 @@ def fmt(interval: dict) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| setting | overrides (beside the budget) | val strict: base -> final | strict gain [95% CI] | "
-             "mean strict gain over evals | reward gain [95% CI] |", "|---|---|---|---|---|---|"]
+    lines = ["| setting | overrides (beside the budget) | rollouts | val strict: base -> final | strict gain [95% CI] | "
+             "mean strict gain over evals | reward gain [95% CI] |", "|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: -r["strict_mean_gain"]["mean"]):
-        lines.append(f"| {r['setting']} | {' '.join(r['overrides'])} | {r['strict_base']:.3f} -> {r['strict_final']:.3f} | "
+        lines.append(f"| {r['setting']} | {' '.join(r['overrides'])} | {r.get('rollouts', '')} | "
+                     f"{r['strict_base']:.3f} -> {r['strict_final']:.3f} | "
                      f"{fmt(r['strict_gain'])} | {fmt(r['strict_mean_gain'])} | {fmt(r['reward_gain'])} |")
     return "\n".join(lines)
 

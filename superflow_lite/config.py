@@ -164,6 +164,9 @@ class TrainConfig:
     """Steps trained per rollout: 0 = the first T-1 (the last is near-deterministic)."""
     sde_window: int = 0
     """k > 0: SDE on k consecutive steps at a random position, ODE elsewhere; train only those."""
+    sde_window_span: int = 0
+    """The window starts within the first `span` - k + 1 steps (0 = anywhere but the last step): the
+    high-noise steps decide a picture's layout, the late ones only its detail."""
     cfg_in_training: bool = True
     """Recompute log-probs with CFG as sampled; off halves the training batch (and biases the ratio)."""
     optimizer: Literal["adamw", "adamw8bit"] = "adamw"
@@ -502,6 +505,9 @@ def validate(cfg: Config) -> None:
     _require(s.num_steps >= 2, f"sampling.num_steps must be >= 2, got {s.num_steps}")
     _require(t.train_steps <= s.num_steps, f"train.train_steps ({t.train_steps}) exceeds sampling.num_steps ({s.num_steps})")
     _require(t.sde_window <= s.num_steps - 1, f"train.sde_window must be < sampling.num_steps ({s.num_steps})")
+    _require(t.sde_window_span == 0 or t.sde_window <= t.sde_window_span <= s.num_steps - 1,
+             f"train.sde_window_span must be 0 or between train.sde_window ({t.sde_window}) and "
+             f"sampling.num_steps - 1 ({s.num_steps - 1})")
     _require(sf.m_min <= sf.m_max, f"superflow.m_min ({sf.m_min}) must be <= superflow.m_max ({sf.m_max})")
     _require(0 < sf.rho <= 1, f"superflow.rho must be in (0, 1], got {sf.rho}")
     _require(0 < t.ema_decay < 1, f"train.ema_decay must be in (0, 1), got {t.ema_decay}")

@@ -13,6 +13,12 @@ from pathlib import Path
 # The evaluation metrics the console reports, with the words it uses for them.
 EVAL_METRICS = {"eval/reward_mean": "test reward", "eval/strict_mean": "strict accuracy"}
 
+
+def metric_words(split: str = "test") -> dict[str, str]:
+    """EVAL_METRICS as a run evaluated on `prompts.eval_split` says them: a tuning run's
+    numbers must never read as test figures."""
+    return {key: words.replace("test", "validation") if split == "val" else words for key, words in EVAL_METRICS.items()}
+
 # Library notices that say nothing a user of this project can act on, by the logger that
 # emits them and a fragment of the message. Everything else those loggers say still shows.
 LIBRARY_NOTICES: dict[str, tuple[str, ...]] = {
@@ -66,9 +72,9 @@ def format_duration(seconds: float) -> str:
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
-def _changes(metrics: dict, baseline: dict | None) -> list[str]:
+def _changes(metrics: dict, baseline: dict | None, split: str = "test") -> list[str]:
     parts = []
-    for key, words in EVAL_METRICS.items():
+    for key, words in metric_words(split).items():
         value = metrics.get(key)
         if value is None:
             continue
@@ -80,9 +86,9 @@ def _changes(metrics: dict, baseline: dict | None) -> list[str]:
     return parts
 
 
-def eval_line(step: int, total: int, metrics: dict, baseline: dict | None) -> str:
+def eval_line(step: int, total: int, metrics: dict, baseline: dict | None, split: str = "test") -> str:
     """`eval 5/20: test reward 0.781 (+0.030 since step 0), strict accuracy 0.458 (+0.042 since step 0)`."""
-    parts = _changes(metrics, baseline) or ["no evaluation metrics"]
+    parts = _changes(metrics, baseline, split) or ["no evaluation metrics"]
     return f"eval {step}/{total}: " + ", ".join(parts)
 
 
@@ -104,11 +110,12 @@ class RunSummary:
     final_step: int | None
     lora_dir: Path
     samples_dir: Path
+    split: str = "test"  # prompts.eval_split: what the evaluation figures are figures of
 
     def lines(self) -> list[str]:
         head = f"{self.state} after {self.iterations}/{self.total} iterations, {self.rollouts} rollouts, in {format_duration(self.seconds)}"
         out = [head]
-        for key, words in EVAL_METRICS.items():
+        for key, words in metric_words(self.split).items():
             before, after = (self.baseline or {}).get(key), (self.final or {}).get(key)
             if before is not None and after is not None and self.final_step:
                 out.append(f"{words}: {before:.3f} -> {after:.3f} ({after - before:+.3f}, step 0 -> {self.final_step})")

@@ -106,7 +106,7 @@ ALGORITHM_NAMES = {"superflow": "SuperFlow GRPO", "flow_grpo": "Flow-GRPO"}
 def model_card(cfg, name: str, summary=None) -> str:
     """lora/README.md: what the LoRA is, how it was trained and how well, and how to load it.
     `cfg` is the run's Config, `name` the run's; `summary` a console.RunSummary (None: no run yet)."""
-    from .console import EVAL_METRICS
+    from .console import metric_words
 
     m = cfg.model
     base = "the built-in shapes world (superflow_lite.world)" if m.name_or_path == "world" else f"`{m.name_or_path}`"
@@ -121,7 +121,7 @@ def model_card(cfg, name: str, summary=None) -> str:
     ]
     if summary is not None:
         rows.append(("iterations", f"{summary.iterations} of {summary.total}, {summary.rollouts} rollouts"))
-        for key, words in EVAL_METRICS.items():
+        for key, words in metric_words(summary.split).items():
             before, after = (summary.baseline or {}).get(key), (summary.final or {}).get(key)
             if before is not None and after is not None:
                 rows.append((f"final eval: {words}", f"{before:.3f} -> {after:.3f} (step 0 -> {summary.final_step})"))

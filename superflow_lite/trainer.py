@@ -77,7 +77,8 @@ def trained_steps_for(cfg: Config, iteration: int) -> list[int]:
     T, k = cfg.sampling.num_steps, cfg.train.sde_window
     if k > 0:
         rng = np.random.default_rng(iteration_seed(cfg.train.seed, iteration, 3))
-        start = int(rng.integers(0, T - k))  # the last step (near-deterministic) is never in it
+        span = cfg.train.sde_window_span or T - 1  # the last step (near-deterministic) is never in it
+        start = int(rng.integers(0, span - k + 1))
         return list(range(start, start + k))
     return list(range(cfg.train.train_steps or T - 1))
 
@@ -510,7 +511,7 @@ class Trainer:
             baseline = baseline or metrics
             latest = (step, metrics)
             bar.set_description_str("training")
-            log.info(console.eval_line(step, total, metrics, baseline))
+            log.info(console.eval_line(step, total, metrics, baseline, cfg.prompts.eval_split))
             tracking.log_samples(self.accelerator, report_to, run.samples_dir / f"{step:06d}", step)
             return metrics
 
@@ -552,7 +553,8 @@ class Trainer:
             summary = console.RunSummary(
                 state=state, iterations=self.iteration, total=total, rollouts=self.rollouts_total,
                 seconds=time.perf_counter() - started, baseline=baseline, final=latest[1] if latest else None,
-                final_step=latest[0] if latest else None, lora_dir=run.lora_dir, samples_dir=run.samples_dir)
+                final_step=latest[0] if latest else None, lora_dir=run.lora_dir, samples_dir=run.samples_dir,
+                split=cfg.prompts.eval_split)
             self.export(summary)
             for line in summary.lines():
                 log.info(line)

@@ -113,6 +113,7 @@ def test_eval_line_and_summary_read_as_before_and_after():
     base = {"eval/reward_mean": 0.75, "eval/strict_mean": 0.5}
     later = {"eval/reward_mean": 0.8, "eval/strict_mean": 0.4375}
     assert eval_line(0, 20, base, base) == "eval 0/20: test reward 0.750, strict accuracy 0.500"
+    assert eval_line(0, 20, base, base, "val") == "eval 0/20: validation reward 0.750, strict accuracy 0.500"
     assert eval_line(5, 20, later, base) == ("eval 5/20: test reward 0.800 (+0.050 since step 0), "
                                              "strict accuracy 0.438 (-0.062 since step 0)")
     lines = RunSummary("done", 20, 20, 960, 234.0, base, later, 20, Path("runs/r/lora"), Path("runs/r/samples")).lines()

@@ -167,6 +167,18 @@ def test_sde_window_reads_its_own_advantage_column_and_trains_only_the_window(tm
     assert sorted(set(calls)) == [(step, pos) for pos, step in enumerate(steps)]
 
 
+def test_sde_window_span_keeps_the_window_among_the_first_steps(fast_overrides):
+    def starts(*extra):
+        cfg = build_config("tiny", None, fast_overrides + ["sampling.num_steps=10", "train.sde_window=2", *extra])
+        windows = [trained_steps_for(cfg, i) for i in range(200)]
+        assert all(w == list(range(w[0], w[0] + 2)) for w in windows)
+        return {w[0] for w in windows}
+
+    assert starts("train.sde_window_span=2") == {0}
+    assert starts("train.sde_window_span=4") == {0, 1, 2}
+    assert starts() == set(range(8))  # anywhere but the last step
+
+
 def test_default_trains_every_step_but_the_last(tmp_path, fast_overrides, monkeypatch):
     trainer = make_trainer(tmp_path, fast_overrides, "train.kl_beta=0")
     T = trainer.cfg.sampling.num_steps
@@ -277,3 +289,31 @@ def test_eval_split_val_scores_the_validation_prompts(tmp_path, fast_overrides):
 
     index = json.loads((trainer.run.samples_dir / "000000" / "index.json").read_text())
     assert {row["prompt"] for row in index} <= set(val_prompts()) and len(index) == 3
+
+
+def test_shared_group_noise_starts_a_group_from_one_noise_and_its_probe_phase_too(tmp_path, fast_overrides):
+    trainer = make_trainer(tmp_path, fast_overrides, "sampling.group_noise=shared", "superflow.allocation=probe",
+                           "superflow.probe_size=2", "sampling.micro_batch=4", "train.kl_beta=0")
+    plan, _, rollouts = collect(trainer)
+    start, group = rollouts.latents[:, 0], rollouts.group
+    assert len(set(group.tolist())) == 2 and len(group) > 4  # both phases, two groups
+    for g in range(2):
+        rows = start[group == g]
+        assert all(torch.equal(rows[0], r) for r in rows)  # probes and phase 2 alike
+    assert not torch.equal(start[group == 0][0], start[group == 1][0])
+    # The SDE noise still differs within a group: the samples do.
+    finals = rollouts.latents[group == 0][:, -1]
+    assert not torch.equal(finals[0], finals[1])
+
+
+def test_a_rollouts_sde_noise_does_not_depend_on_the_micro_batch_that_samples_it(tmp_path, fast_overrides):
+    """Per-row noise streams: 1 or N processes, and any micro-batch (an OOM halving), sample the same rollouts."""
+    latents = []
+    for micro_batch in (8, 4):
+        trainer = make_trainer(tmp_path / str(micro_batch), fast_overrides, f"sampling.micro_batch={micro_batch}")
+        _, _, rollouts = collect(trainer)
+        latents.append(rollouts.latents)
+    assert latents[0].shape[0] == 8
+    # A batch of 4 and of 8 round float32 matmuls differently (~3e-5 after 4 steps); a noise
+    # stream tied to the micro-batch moves a latent by the SDE's std, ~0.1 or more.
+    torch.testing.assert_close(latents[0], latents[1], rtol=0, atol=2e-4)
