@@ -134,3 +134,25 @@ def test_eval_items_pair_on_common_keys(tmp_path):
         (d / "index.json").write_text(json.dumps([{"prompt": p, "seed": s, "reward": r} for p, s, r in rows]))
     table = aligned([read_eval_items(tmp_path / "a"), read_eval_items(tmp_path / "b")])
     np.testing.assert_allclose(table, [[1.0, 0.5], [0.4, 0.2]])  # (p, 0), (q, 0): sorted common items
+
+
+def test_visits_count_revisits_of_a_prompt_not_iterations(bench, tmp_path):
+    # 3 iterations of 2 prompts: the first sees two new prompts, then one new and one old,
+    # then two old: 6 groups over 3 distinct prompts = 2 visits per prompt, half of them first.
+    rows = [{"iteration": i + 1, "group/num_prompts": 2, "group/first_visit_frac": f} for i, f in enumerate([1, 0.5, 0])]
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    v = bench.visits(run)
+    assert (v["groups"], v["visits_per_prompt"], v["first_visit_frac"]) == (6, 2.0, 0.5)
+
+
+def test_recurring_pool_trains_and_scores_the_same_fixed_train_prompts(bench, tmp_path):
+    from superflow_lite.world.prompts import rl_train_prompts, test_prompts
+
+    overrides = dict(o.split("=", 1) for o in bench.recurring_pool(tmp_path, 16))
+    pool = Path(overrides["prompts.source"]).read_text().splitlines()
+    assert overrides["prompts.test_source"] == overrides["prompts.source"]
+    assert overrides["prompts.num_eval_prompts"] == "16" and len(pool) == len(set(pool)) == 16
+    assert set(pool) <= set(rl_train_prompts()) and not set(pool) & set(test_prompts())
+    assert bench.recurring_pool(tmp_path / "again", 16) and Path(tmp_path / "again" / "pool16.txt").read_text().splitlines() == pool
