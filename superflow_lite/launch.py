@@ -286,10 +286,22 @@ def lora_shapes(cfg: Config) -> dict[str, tuple[int, ...]] | None:
 
 
 # ---------------------------------------------------------------------- the gate
+def is_main_process() -> bool:
+    """Rank 0 under `accelerate launch` or torchrun (RANK), or the only process: the one
+    that checks, creates and writes the run directory."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def gate(args: argparse.Namespace) -> Launch:
-    """Every check, in the order a user fixes things; nothing on disk is created or changed."""
+    """Every check, in the order a user fixes things; nothing on disk is created or changed.
+
+    The other processes of a multi-process launch check the config only: the run folder is
+    the main process's (its checks would race with the main creating it, and a new run's
+    timestamped name is the main's to choose), and the main's failing check ends them all."""
     cfg, run_path = resolve(args)
     resume = bool(args.resume)
+    if not is_main_process():
+        return Launch(cfg, run_path, resume)
     if not resume:
         check_new_run(run_path)
     shapes = lora_shapes(cfg)

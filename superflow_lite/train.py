@@ -20,7 +20,7 @@ import sys
 import traceback
 
 from .config import ConfigError, to_yaml
-from .launch import Launch, UsageError, gate, resolve
+from .launch import Launch, UsageError, gate, is_main_process, resolve
 from .rundir import (EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_RUN_FAILED, FAILED, RUNNING, STARTING, STOPPED,
                      Heartbeat, RunDir, clean_temp_files, latest_checkpoint_iteration)
 
@@ -59,17 +59,21 @@ def rerunnable_yaml(cfg) -> str:
 
 
 def setup_logging(log_file) -> None:
-    """INFO to the console and the log; tracebacks (DEBUG) to the log only."""
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+    """INFO to the console and the log; tracebacks (DEBUG) to the log only. Without a log
+    file (a process other than the main): warnings and errors to the console, marked with
+    its rank."""
+    prefix = "" if log_file else f"[rank {os.environ.get('RANK')}] "
+    fmt = logging.Formatter(f"%(asctime)s %(levelname)s {prefix}%(message)s", "%H:%M:%S")
     log.setLevel(logging.DEBUG)
     log.handlers.clear()
-    file_handler = logging.FileHandler(log_file)
-    file_handler.setFormatter(fmt)
     console = logging.StreamHandler(sys.stderr)
     console.setFormatter(fmt)
-    console.setLevel(logging.INFO)
-    log.addHandler(file_handler)
+    console.setLevel(logging.INFO if log_file else logging.WARNING)
     log.addHandler(console)
+    if log_file:
+        file_handler = logging.FileHandler(log_file)
+        file_handler.setFormatter(fmt)
+        log.addHandler(file_handler)
     log.propagate = False
 
 
@@ -91,9 +95,9 @@ def run_training(launch: Launch, progress: bool = True) -> int:
     from filelock import Timeout
 
     run = RunDir(launch.run_path)
+    if not is_main_process():
+        return _train_other_process(launch, run)
     run.create()
-    if os.environ.get("RANK", "0") != "0":  # under `accelerate launch`, the main process holds the lock
-        return _train_locked(launch, run, progress)
     lock = run.lock()
     try:
         lock.acquire()
@@ -148,6 +152,31 @@ def _train_locked(launch: Launch, run: RunDir, progress: bool) -> int:
     print(f"\nLoRA written to {run.lora_dir}\nLoad it with:\n\n{loading_snippet(cfg.model.name_or_path, run.lora_dir)}\n")
     if state == STOPPED:
         print(f"Resume with: python -m superflow_lite.train --resume {run.path}")
+    return EXIT_OK
+
+
+def _train_other_process(launch: Launch, run: RunDir) -> int:
+    """A process other than the main under `accelerate launch`: it samples and trains its
+    share of each iteration and leaves the run directory (lock, status, log, metrics,
+    checkpoints, LoRA) to the main process; it only reads a resume's checkpoint. Its
+    outcome is its exit code; the main process's status says the run's."""
+    from .console import hide_loading_bars
+    from .trainer import StopRequested, Trainer
+
+    setup_logging(None)
+    hide_loading_bars()
+    stop = StopRequested()
+    stop.install()
+    try:
+        trainer = Trainer(launch.cfg, run, stop)
+        if launch.resume:
+            trainer.resume()
+        trainer.fit(progress=False)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except Exception as err:
+        log.exception("the run failed: %s: %s", type(err).__name__, one_line(err))  # no log file: the traceback here
+        return EXIT_RUN_FAILED
     return EXIT_OK
 
 

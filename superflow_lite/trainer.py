@@ -13,12 +13,13 @@ import logging
 import math
 import signal
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, DistributedDataParallelKwargs
 
 from . import advantages as adv_math
 from . import console, tracking
@@ -107,14 +108,25 @@ class Trainer:
         self.algo = resolve_algorithm(cfg)
         self.stop = stop or StopRequested()
         self.device = resolve_device(cfg.model.device)
+        # broadcast_buffers=False: the transformer's one buffer (the positional embedding) is
+        # constant, and DDP's broadcast of it before a forward is a collective: the main
+        # process's evaluation alone, or ranks with more micro-batches than others, would
+        # leave it unmatched (a hang). Gradients are the only thing the processes exchange.
         self.accelerator = Accelerator(cpu=self.device.type == "cpu",
+                                       kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
                                        **tracking.accelerator_kwargs(cfg.output.report_to, run.path))
+        if self.device.type == "cuda":
+            self.device = self.accelerator.device  # cuda:<local rank> under accelerate launch
         torch.manual_seed(cfg.train.seed)
         self.pipe = load_pipeline(cfg.model, self.device)
         self.lora_config = add_lora(self.pipe.transformer, cfg.model)
         params = lora_parameters(self.pipe.transformer)
         self.optimizer = make_optimizer(params, cfg)
-        self.transformer, self.optimizer = self.accelerator.prepare(self.pipe.transformer, self.optimizer)
+        with warnings.catch_warnings():
+            # torch >= 2.13 renames it forward_sync_buffers; accelerate's handler has only the
+            # old name, which torch still honours (down to the floor, 2.5).
+            warnings.filterwarnings("ignore", "`broadcast_buffers` is deprecated", FutureWarning)
+            self.transformer, self.optimizer = self.accelerator.prepare(self.pipe.transformer, self.optimizer)
         self.ema = LoraEMA(params, cfg.train.ema_decay) if cfg.train.ema else None
         self.reward = build_reward(cfg.reward.weights, cfg.reward.device, cfg.reward.options)
         self.prompt_set = load_prompts(cfg.prompts)
@@ -165,14 +177,17 @@ class Trainer:
     def resume(self) -> bool:
         """Continue from the newest intact checkpoint (a damaged newer one is skipped); with
         none, start again from iteration 0."""
-        found = load_latest_intact(self.run.path)
+        found = load_latest_intact(self.run.path)  # every process reads it; the main one writes the run
+        main = self.accelerator.is_main_process
         if found is None:
-            self.run.truncate_metrics(-1)
+            if main:
+                self.run.truncate_metrics(-1)
             log.info("no checkpoint to resume from: starting again from iteration 0")
             return False
         path, state = found
         self.load_state_dict(state)
-        self.run.truncate_metrics(self.iteration)
+        if main:
+            self.run.truncate_metrics(self.iteration)
         log.info("resumed from %s at iteration %d", path.name, self.iteration)
         return True
 
@@ -213,6 +228,15 @@ class Trainer:
         })
         return merged
 
+    def _stop_agreed(self) -> bool:
+        """A stop asked of any process, at the iteration boundary (an all-reduce max): every
+        process leaves the loop after the same iteration, none is left waiting in a collective."""
+        if self.accelerator.num_processes == 1:
+            return self.stop.requested
+        flag = torch.tensor([int(self.stop.requested)], device=self.accelerator.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)  # accelerate's reduce has no max
+        return bool(flag.item())
+
     def _granule(self) -> int:
         """Rollouts in one sampling micro-batch across all processes: a phase that is a
         multiple of it keeps every process's passes full."""
@@ -227,6 +251,9 @@ class Trainer:
         # A halving on one rank (retry_on_oom) becomes every rank's size: they shard alike.
         self.sample_micro_batch = agree_micro_batch(self.sample_micro_batch, self.accelerator)
         self.train_micro_batch = agree_micro_batch(self.train_micro_batch, self.accelerator)
+        if total < world:  # a process with no rollout would have nothing to take to the collectives
+            raise ValueError(f"{total} rollouts in this sampling phase for {world} processes: each process needs "
+                             "at least one; raise superflow.rollout_cap or launch fewer processes")
         rows = list(range(rank, total, world))
         # Phase 1 draws the initial noise from stream 1 and the SDE noise from stream 2; phase 2 offsets both by 100.
         noise_gen = torch.Generator().manual_seed(iteration_seed(self.cfg.train.seed, iteration, 1 + 100 * phase))
@@ -346,27 +373,35 @@ class Trainer:
 
     def update(self, rollouts: Rollouts, adv: torch.Tensor, embeds: PromptEmbeds, schedule: Schedule,
                steps: list[int], iteration: int) -> dict[str, float]:
-        """train.updates_per_iter optimizer steps over shuffled minibatches of the rollouts."""
+        """train.updates_per_iter optimizer steps over shuffled minibatches of the rollouts.
+
+        The minibatches are drawn over the iteration's global rows (the same permutation on
+        every process); each process trains its own rows of each, weighted so that the
+        gradient averaged over processes is the one process's mean-loss gradient."""
         cfg = self.cfg
-        n = len(rollouts.rows)
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(iteration_seed(cfg.train.seed, iteration, 4)))
+        total = len(rollouts.rewards)
+        order = torch.randperm(total, generator=torch.Generator().manual_seed(iteration_seed(cfg.train.seed, iteration, 4)))
+        local_of_row = torch.full((total,), -1, dtype=torch.long)  # global row -> its index in our rollouts (-1: not ours)
+        local_of_row[rollouts.rows] = torch.arange(len(rollouts.rows))
         uncond = self.encoder.negative()
         sums: dict[str, float] = {}
         count, grad_norms, skipped = 0, [], 0
         self.transformer.eval()  # no dropout in SD3; keeps 8-bit layers in the mode they sampled in
-        for minibatch in order.chunk(cfg.train.updates_per_iter):
-            if len(minibatch) == 0:
-                continue
+        for rows_of_minibatch in order.chunk(cfg.train.updates_per_iter):
+            minibatch = local_of_row[rows_of_minibatch]
+            minibatch = minibatch[minibatch >= 0]
             # A CUDA OOM halves the micro-batch and redoes this minibatch from zero_grad.
             (mb_sums, mb_count), self.train_micro_batch = retry_on_oom(
-                lambda mb: self._accumulate(minibatch, mb, rollouts, adv, embeds, uncond, schedule, steps),
+                lambda mb: self._accumulate(minibatch, mb, rollouts, adv, embeds, uncond, schedule, steps,
+                                            minibatch_rows=len(rows_of_minibatch)),
                 self.train_micro_batch, log, "training")
             grad_norm = float(self.accelerator.clip_grad_norm_(lora_parameters(self.base_model), cfg.train.grad_clip))
             if not finite_step(grad_norm):  # never let NaN/inf reach the optimizer (or a checkpoint)
                 self.optimizer.zero_grad(set_to_none=True)
                 skipped += 1
                 log.warning("iteration %d: skipped an optimizer step with a non-finite loss or gradient "
-                            "(grad norm %s, loss %s)", iteration + 1, grad_norm, mb_sums.get("loss"))
+                            "(grad norm %s, mean loss %s)", iteration + 1, grad_norm,
+                            mb_sums.get("loss", math.nan) / max(mb_count, 1))
                 continue
             for k, v in mb_sums.items():
                 sums[k] = sums.get(k, 0.0) + v
@@ -375,18 +410,28 @@ class Trainer:
             self.optimizer.step()
             if self.ema:
                 self.ema.update()
+        sums, count = self._sum_over_processes(sums, count)
         stats = {f"grpo/{k}": v / max(count, 1) for k, v in sums.items()}
         return {**stats, "grpo/grad_norm": float(np.mean(grad_norms)) if grad_norms else 0.0,
                 "grpo/skipped_steps": skipped}
 
     def _accumulate(self, minibatch: torch.Tensor, micro_batch: int, rollouts: Rollouts, adv: torch.Tensor,
-                    embeds: PromptEmbeds, uncond: PromptEmbeds, schedule: Schedule, steps: list[int]) -> tuple[dict, int]:
-        """zero_grad, then accumulate the minibatch's mean-loss gradient in micro-batches of `micro_batch`."""
+                    embeds: PromptEmbeds, uncond: PromptEmbeds, schedule: Schedule, steps: list[int],
+                    minibatch_rows: int | None = None) -> tuple[dict, int]:
+        """zero_grad, then accumulate the minibatch's mean-loss gradient in micro-batches of `micro_batch`.
+
+        minibatch: our rows of it (indices into `rollouts`); minibatch_rows: its rows on all
+        processes (default: ours, one process). Returns the stats summed over (rollout,
+        step) and that count."""
         self.optimizer.zero_grad(set_to_none=True)
+        world = self.accelerator.num_processes
+        minibatch_rows = len(minibatch) if minibatch_rows is None else minibatch_rows
         sums: dict[str, float] = {}
         count = 0
-        micro = list(minibatch.split(micro_batch))
+        # None of the minibatch is ours: a zero-weight pass on our first row still joins the gradient all-reduce.
+        micro = list(minibatch.split(micro_batch)) if len(minibatch) else [torch.zeros(1, dtype=torch.long)]
         for m_idx, idx in enumerate(micro):
+            rows = len(idx) if len(minibatch) else 0
             batch = {
                 "latents": rollouts.latents[idx].to(self.device),
                 "logp_old": rollouts.logp_old[idx].to(self.device),
@@ -398,12 +443,22 @@ class Trainer:
                 last = m_idx == len(micro) - 1 and pos == len(steps) - 1
                 with self._sync_unless(last):
                     loss, stats = self.step_loss(batch, schedule, step, pos)
-                    # Weight so the accumulated gradient is the mean over (rollout, step).
-                    self.accelerator.backward(loss * (len(idx) / len(minibatch)) / len(steps))
-                for k, v in stats.items():
-                    sums[k] = sums.get(k, 0.0) + float(v)
-                count += 1
+                    # Weight so the accumulated gradient is the mean over (rollout, step) of the
+                    # whole minibatch: DDP averages over the processes, hence x world.
+                    self.accelerator.backward(loss * (rows * world / minibatch_rows) / len(steps))
+                for k, v in stats.items():  # every key on every process: they are summed by position
+                    sums[k] = sums.get(k, 0.0) + (float(v) * rows if rows else 0.0)
+                count += rows
         return sums, count
+
+    def _sum_over_processes(self, sums: dict[str, float], count: int) -> tuple[dict[str, float], int]:
+        """The update's stat sums and count over all processes (every process ends with the same)."""
+        if self.accelerator.num_processes == 1:
+            return sums, count
+        keys = sorted(sums)
+        t = torch.tensor([sums[k] for k in keys] + [count], dtype=torch.float64, device=self.device)
+        t = self.accelerator.reduce(t, reduction="sum").cpu()
+        return dict(zip(keys, t[:-1].tolist())), int(t[-1])
 
     def _sync_unless(self, last: bool):
         return contextlib.nullcontext() if last else self.accelerator.no_sync(self.transformer)
@@ -476,8 +531,9 @@ class Trainer:
         cfg = self.cfg
         prompts = eval_subset(self.prompt_set.eval_prompts(cfg.prompts.eval_split), cfg.prompts.num_eval_prompts)
         with (self.ema.swapped_in() if self.ema else contextlib.nullcontext()):
+            # The unwrapped model: the main process evaluates alone, with no collective to match.
             return evaluate_and_save(
-                self.pipe, self.transformer, self.encoder, self.reward, prompts, cfg.prompts.eval_seeds,
+                self.pipe, self.base_model, self.encoder, self.reward, prompts, cfg.prompts.eval_seeds,
                 self.run.samples_dir / f"{step:06d}", resolution=cfg.sampling.resolution,
                 num_steps=cfg.sampling.eval_num_steps, guidance_scale=cfg.sampling.eval_guidance_scale,
                 micro_batch=self.sample_micro_batch, vae_decode=cfg.memory.vae_decode,
@@ -522,7 +578,7 @@ class Trainer:
                 run.append_metrics(row0)
                 tracking.log_row(self.accelerator, report_to, row0, 0)
                 bar.reset(total)  # the ETA counts training iterations, not the step-0 evaluation
-            while self.iteration < total and not self.stop.requested:
+            while self.iteration < total and not self._stop_agreed():
                 row = self.train_iteration(self.iteration)
                 self.iteration += 1
                 if self.iteration % cfg.output.eval_every == 0 or self.iteration == total:
@@ -546,9 +602,10 @@ class Trainer:
                              self.iteration, total, row["rollouts/iter"], row["reward/mean"],
                              row.get("grpo/kl", 0.0), row.get("grpo/clipped", 0.0), row["perf/iter_s"])
         bar.close()
-        if self.stop.requested and self.iteration < total:
+        stopped = self.iteration < total  # the loop ends early only on an agreed stop
+        if stopped:
             self.checkpoint()
-        state = "stopped" if self.iteration < total else "done"
+        state = "stopped" if stopped else "done"
         if main:
             summary = console.RunSummary(
                 state=state, iterations=self.iteration, total=total, rollouts=self.rollouts_total,
