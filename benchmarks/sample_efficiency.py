@@ -92,6 +92,39 @@ def curve(run_dir: Path) -> dict:
     return out
 
 
+RAW_FILE = "raw_curves.json"
+"""Every finished run's curve with its per-item scores, committed beside the summary: the
+run directories are not (images), and a later --summary-only, here or on a fresh clone,
+rebuilds the table from this file for the runs it no longer has."""
+
+
+def save_raw(curves: dict[str, dict[int, dict]], path: Path) -> None:
+    """Merge `curves` into the raw file (runs already there and not re-read are kept)."""
+    raw = load_raw(path)
+    for method, runs in curves.items():
+        raw.setdefault(method, {}).update(runs)
+    plain = {m: {str(seed): {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in c.items()}
+                 for seed, c in runs.items()} for m, runs in raw.items()}
+    path.write_text(json.dumps(plain))
+
+
+def load_raw(path: Path) -> dict[str, dict[int, dict]]:
+    """The raw file's curves, arrays as numpy (items as (prompt, seed) tuples); {} if absent."""
+    if not path.is_file():
+        return {}
+    out: dict[str, dict[int, dict]] = {}
+    for method, runs in json.loads(path.read_text()).items():
+        for seed, c in runs.items():
+            c = {k: (np.asarray(v, dtype=float) if k in ("rollouts", "seconds", "reward", "strict", "reward_items",
+                                                          "strict_items") else v) for k, v in c.items()}
+            c["items"] = [tuple(i) for i in c.get("items", [])]
+            for metric in ("reward", "strict"):
+                if c[f"{metric}_items"].ndim < 2:  # a run without per-item scores
+                    c[f"{metric}_items"] = np.zeros((0, 0))
+            out.setdefault(method, {})[int(seed)] = c
+    return out
+
+
 def first_reach(c: dict, target: float, key: str) -> float:
     """`key` (rollouts or seconds) where the mean reward curve first reaches `target`,
     linearly interpolated between the two evaluations around the crossing; NaN if never."""
@@ -316,7 +349,9 @@ def main() -> int:
     parser.add_argument("--summary-only", action="store_true", help="train nothing: summarise the finished runs")
     args = parser.parse_args()
     extra = [*args.set, *(recurring_pool(args.out, args.pool) if args.pool else [])]
+    raw = load_raw(args.out / RAW_FILE)
     curves: dict[str, dict[int, dict]] = {}
+    fresh: dict[str, dict[int, dict]] = {}
     for method in args.methods:
         for seed in args.seeds:
             run_dir = args.out / "runs" / f"{method}-s{seed}"
@@ -324,9 +359,15 @@ def main() -> int:
                 shutil.rmtree(run_dir)
             if run_state(run_dir) != DONE:
                 if args.summary_only:
+                    if not args.fresh and seed in raw.get(method, {}):
+                        curves.setdefault(method, {})[seed] = raw[method][seed]
                     continue
                 run_once(run_dir, method, seed, args.iterations, args.eval_every, extra)
-            curves.setdefault(method, {})[seed] = {**curve(run_dir), "visits": visits(run_dir)}
+            c = {**curve(run_dir), "visits": visits(run_dir)}
+            curves.setdefault(method, {})[seed] = fresh.setdefault(method, {})[seed] = c
+    if fresh:
+        args.out.mkdir(parents=True, exist_ok=True)
+        save_raw(fresh, args.out / RAW_FILE)
     if not curves or REFERENCE not in curves:
         print(f"no finished runs of {REFERENCE} under {args.out / 'runs'}: run the benchmark without "
               "--summary-only first", file=sys.stderr)

@@ -156,3 +156,17 @@ def test_recurring_pool_trains_and_scores_the_same_fixed_train_prompts(bench, tm
     assert overrides["prompts.num_eval_prompts"] == "16" and len(pool) == len(set(pool)) == 16
     assert set(pool) <= set(rl_train_prompts()) and not set(pool) & set(test_prompts())
     assert bench.recurring_pool(tmp_path / "again", 16) and Path(tmp_path / "again" / "pool16.txt").read_text().splitlines() == pool
+
+
+def test_raw_curves_rebuild_the_same_summary_without_the_run_directories(bench, tmp_path):
+    curves = {"flow_grpo": {}, "superflow": {}}
+    for seed in range(2):
+        for method, lift in (("flow_grpo", 0.1), ("superflow", 0.2)):
+            evals = {0: flat(0.4), 2: [0.4 + lift * (i % 3) / 2 for i in range(len(ITEMS))]}
+            curves[method][seed] = bench.curve(write_run(tmp_path / f"{method}{seed}", evals, 16, 1.0 + seed))
+    path = tmp_path / bench.RAW_FILE
+    bench.save_raw({"flow_grpo": curves["flow_grpo"]}, path)
+    bench.save_raw({"superflow": curves["superflow"]}, path)  # merged, not replaced
+    again = bench.load_raw(path)
+    assert again["flow_grpo"][1]["items"] == curves["flow_grpo"][1]["items"]
+    assert json.dumps(bench.summarise(again)) == json.dumps(bench.summarise(curves))
