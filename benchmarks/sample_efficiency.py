@@ -288,15 +288,14 @@ def plot(curves: dict[str, list[dict]], path: Path, scored_on: str = "72 test pr
     plt.close(fig)
 
 
-# The recurring regime's evaluation: every pool prompt with these seeds (fresh noise: no
-# training rollout starts from an evaluation seed's noise).
+# The recurring regime's evaluation: every pool prompt with these seeds, the same at every step.
 POOL_EVAL_SEEDS = list(range(8))
 
 
 def recurring_pool(out: Path, size: int) -> list[str]:
     """The recurring regime: the RL pool cut to `size` train prompts (a fixed shuffle), so each
     prompt is visited several times in one run, and the evaluation scores those same prompts
-    with fresh noise (`size` x 8 items): what RL on recurring prompts buys, which is what a
+    (`size` x 8 items, fixed noise seeds): what RL on recurring prompts buys, which is what a
     per-prompt tracker can speed up; not generalisation to the test split. Returns the
     overrides that select the pool."""
     import random
