@@ -267,9 +267,9 @@ class Trainer:
         else:
             noise = initial_noise(total, self.latent_channels, self.latent_size, noise_gen, torch.device("cpu"))[rows]
         # Each row's SDE noise from its own generator (seed x 4099 + row: rows < 4099 never reach
-        # another iteration's or stream's seeds): 1 or N processes sample the same rollouts.
-        sde_noise = rollout_sde_noise(rows, schedule.num_steps, self.latent_channels, self.latent_size,
-                                      iteration_seed(self.cfg.train.seed, iteration, 2 + 100 * phase) * 4_099)
+        # another iteration's or stream's seeds): 1 or N processes sample the same rollouts. It is
+        # drawn per micro-batch (_sample_chunk): T latents per row, never the whole phase's at once.
+        sde_seed = iteration_seed(self.cfg.train.seed, iteration, 2 + 100 * phase) * 4_099
         embeds = self.encoder.encode(plan.prompts)
         uncond = self.encoder.negative()
         points = self._credit_points(iteration)
@@ -282,8 +282,8 @@ class Trainer:
             chunk = slice(start, min(start + self.sample_micro_batch, len(rows)))
             # A CUDA OOM halves the micro-batch and redoes this chunk (memory.retry_on_oom).
             pieces, self.sample_micro_batch = retry_on_oom(
-                lambda mb: self._sample_chunk(chunk, mb, groups_of_rows, noise, embeds, uncond, schedule, sde_noise,
-                                              points),
+                lambda mb: self._sample_chunk(chunk, mb, groups_of_rows, noise, embeds, uncond, schedule, rows,
+                                              sde_seed, points),
                 self.sample_micro_batch, log, "sampling")
             for groups, traj, images in pieces:
                 prompts = [plan.prompts[g] for g in groups]
@@ -325,9 +325,10 @@ class Trainer:
                                       trained_steps_for(self.cfg, iteration))
 
     def _sample_chunk(self, chunk: slice, micro_batch: int, groups_of_rows: np.ndarray, noise: torch.Tensor,
-                      embeds: PromptEmbeds, uncond: PromptEmbeds, schedule: Schedule, sde_noise: torch.Tensor,
+                      embeds: PromptEmbeds, uncond: PromptEmbeds, schedule: Schedule, rows: list[int], sde_seed: int,
                       x0_steps: list[int] = ()) -> list:
         """The rows of `chunk` sampled and decoded in pieces of `micro_batch`: [(groups, trajectories, images)].
+        rows: the phase's global row of each local row (its SDE noise stream, from sde_seed);
         x0_steps: steps whose one-step x0 prediction the trajectories keep (step credit)."""
         out = []
         for start in range(chunk.start, chunk.stop, micro_batch):
@@ -337,7 +338,9 @@ class Trainer:
             unc = uncond.repeat(len(groups))
             traj = sample_trajectories(
                 self.transformer, noise[piece].to(self.device), schedule, cond,
-                unc.to(self.device, torch.float32), self.cfg.sampling.guidance_scale, sde_noise[piece], x0_steps=x0_steps,
+                unc.to(self.device, torch.float32), self.cfg.sampling.guidance_scale,
+                rollout_sde_noise(rows[piece], schedule.num_steps, self.latent_channels, self.latent_size, sde_seed),
+                x0_steps=x0_steps,
             )
             out.append((groups, traj, decode_images(self.pipe, traj.latents[:, -1], self.cfg.memory.vae_decode)))
         return out
