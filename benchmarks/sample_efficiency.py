@@ -71,6 +71,14 @@ def curve(run_dir: Path) -> dict:
     reward_items, strict_items: [E, items] (empty when the run kept no per-item index).
     """
     rows = read_metrics(run_dir)
+    # What the mechanisms cost inside the run itself (the first iteration pays one-off costs):
+    # a share of the same process's time, so it holds whatever else the machine was doing.
+    later = [r for r in rows if r.get("iteration", 0) > 1 and r.get("perf/iter_s")]
+    spent_later = sum(r["perf/iter_s"] for r in later) or float("nan")
+    costs = {"credit_share": sum(r.get("perf/credit_s", 0.0) for r in later) / spent_later,
+             "extra_sample_batches": float(np.mean([r.get("perf/sample_batches", 0.0)
+                                                    - r.get("perf/sample_batches_one_phase", r.get("perf/sample_batches", 0.0))
+                                                    for r in later])) if later else float("nan")}
     points: dict[int, tuple[float, float, float, float]] = {}
     rollouts, spent_s = 0.0, 0.0
     for row in rows:
@@ -83,6 +91,7 @@ def curve(run_dir: Path) -> dict:
     out = {k: np.asarray([points[s][i] for s in steps], dtype=float)
            for i, k in enumerate(("rollouts", "seconds", "reward", "strict"))}
     dirs = {step: run_dir / SAMPLES_DIR / f"{step:06d}" for step in list_sample_steps(run_dir)}
+    out.update(costs)
     out["items"], out["reward_items"], out["strict_items"] = [], np.zeros((0, 0)), np.zeros((0, 0))
     if dirs and all(s in dirs for s in steps):
         for metric in ("reward", "strict"):
@@ -180,6 +189,8 @@ def summarise(by_seed: dict[str, dict[int, dict]], reference: str = REFERENCE, t
             "final_reward": [float(c["reward"][-1]) for c in runs],
             "final_strict": [float(c["strict"][-1]) for c in runs],
             "reward_curve_mean": np.mean([c["reward"] for c in runs], axis=0).tolist() if _same_grid(runs) else None,
+            "credit_share": float(np.mean([c.get("credit_share", np.nan) for c in runs])),
+            "extra_sample_batches": float(np.mean([c.get("extra_sample_batches", np.nan) for c in runs])),
             "visits_per_prompt": float(np.mean([c["visits"]["visits_per_prompt"] for c in runs if "visits" in c] or [np.nan])),
             "first_visit_frac": float(np.mean([c["visits"]["first_visit_frac"] for c in runs if "visits" in c] or [np.nan])),
         }
@@ -236,6 +247,14 @@ def fmt_spread(values: list[float], digits: int = 0) -> str:
     return text if len(reached) == len(v) else f"{text} ({len(reached)}/{len(v)} reached)"
 
 
+def _share(value: float | None) -> str:
+    return f"{value:.0%}" if value is not None and np.isfinite(value) else "n/a"
+
+
+def _count(value: float | None) -> str:
+    return f"{value:+.1f}" if value is not None and np.isfinite(value) else "n/a"
+
+
 def table(summary: dict) -> str:
     ref = summary["reference"]
     target = (f"target: {ref}'s final mean test reward, {summary['target_reward']:.3f}"
@@ -247,8 +266,9 @@ def table(summary: dict) -> str:
         "",
         "| method | seeds | visits per prompt (first visits) | strict gain over base | reward gain over base | rollouts to target | "
         f"rollouts ratio to {ref} | seconds ratio to {ref} | reward vs {ref} at equal rollouts | "
-        f"strict vs {ref} at equal rollouts | reward AUC vs {ref} | seconds per rollout ratio |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"strict vs {ref} at equal rollouts | reward AUC vs {ref} | seconds per rollout ratio (side by side only) | "
+        "x0 scoring share of its time | extra sampling passes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for method, m in summary["methods"].items():
         lines.append(
@@ -257,7 +277,8 @@ def table(summary: dict) -> str:
             f"{fmt_spread(m['rollouts_to_target'])} | {fmt(m.get('rollouts_ratio'), 2, False)} | "
             f"{fmt(m.get('seconds_ratio'), 2, False)} | {fmt(m.get('reward_vs_reference'))} | "
             f"{fmt(m.get('strict_vs_reference'))} | {fmt(m.get('reward_auc_vs_reference'))} | "
-            f"{fmt(m.get('seconds_per_rollout_ratio'), 2, False)} |")
+            f"{fmt(m.get('seconds_per_rollout_ratio'), 2, False)} | {_share(m.get('credit_share'))} | "
+            f"{_count(m.get('extra_sample_batches'))} |")
     return "\n".join(lines)
 
 
