@@ -256,7 +256,6 @@ class Trainer:
                              "at least one; raise superflow.rollout_cap or launch fewer processes")
         rows = list(range(rank, total, world))
         # Phase 1 draws the initial noise from stream 1 and the SDE noise from stream 2; phase 2 offsets both by 100.
-        noise_gen = torch.Generator().manual_seed(iteration_seed(self.cfg.train.seed, iteration, 1 + 100 * phase))
         # Draw every row's noise (all processes alike), keep ours: sharding never changes samples.
         if self.cfg.sampling.group_noise == "shared":
             # One noise per prompt, from phase 1's stream: a probe's second phase starts where its first did.
@@ -265,6 +264,7 @@ class Trainer:
                                       torch.device("cpu"))
             noise = per_group[torch.as_tensor(group_of_row)][rows]
         else:
+            noise_gen = torch.Generator().manual_seed(iteration_seed(self.cfg.train.seed, iteration, 1 + 100 * phase))
             noise = initial_noise(total, self.latent_channels, self.latent_size, noise_gen, torch.device("cpu"))[rows]
         # Each row's SDE noise from its own generator (seed x 4099 + row: rows < 4099 never reach
         # another iteration's or stream's seeds): 1 or N processes sample the same rollouts. It is
