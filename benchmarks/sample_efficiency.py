@@ -309,14 +309,15 @@ def plot(curves: dict[str, list[dict]], path: Path, scored_on: str = "72 test pr
     plt.close(fig)
 
 
-# The recurring regime's evaluation: every pool prompt with these seeds, the same at every step.
-POOL_EVAL_SEEDS = list(range(8))
+# The recurring regime's evaluation: every pool prompt with this many seeds (0, 1, ...), the same
+# at every step. A smaller pool takes more seeds per prompt so the evaluation keeps ~128 items.
+POOL_EVAL_SEEDS = 8
 
 
-def recurring_pool(out: Path, size: int) -> list[str]:
+def recurring_pool(out: Path, size: int, eval_seeds: int = POOL_EVAL_SEEDS) -> list[str]:
     """The recurring regime: the RL pool cut to `size` train prompts (a fixed shuffle), so each
     prompt is visited several times in one run, and the evaluation scores those same prompts
-    (`size` x 8 items, fixed noise seeds): what RL on recurring prompts buys, which is what a
+    (`size` x `eval_seeds` items, fixed noise seeds): what RL on recurring prompts buys, which is what a
     per-prompt tracker can speed up; not generalisation to the test split. Returns the
     overrides that select the pool."""
     import random
@@ -329,7 +330,7 @@ def recurring_pool(out: Path, size: int) -> list[str]:
     path = out / f"pool{size}.txt"
     path.write_text("\n".join(pool[:size]) + "\n")
     return [f"prompts.source={path}", f"prompts.test_source={path}", f"prompts.num_eval_prompts={size}",
-            f"prompts.eval_seeds=[{','.join(map(str, POOL_EVAL_SEEDS))}]"]
+            f"prompts.eval_seeds=[{','.join(map(str, range(eval_seeds)))}]"]
 
 
 def visits(run_dir: Path) -> dict:
@@ -365,10 +366,12 @@ def main() -> int:
                         help="extra config overrides for every method, e.g. train.lr=1e-3")
     parser.add_argument("--pool", type=int, default=0, metavar="N",
                         help="the recurring regime: train on N train prompts only and score those (0: the whole pool of 618, scored on the test split)")
+    parser.add_argument("--pool-seeds", type=int, default=POOL_EVAL_SEEDS, metavar="S",
+                        help="the recurring regime's evaluation: each pool prompt with seeds 0..S-1")
     parser.add_argument("--fresh", action="store_true", help="delete earlier runs instead of reusing them")
     parser.add_argument("--summary-only", action="store_true", help="train nothing: summarise the finished runs")
     args = parser.parse_args()
-    extra = [*args.set, *(recurring_pool(args.out, args.pool) if args.pool else [])]
+    extra = [*args.set, *(recurring_pool(args.out, args.pool, args.pool_seeds) if args.pool else [])]
     raw = load_raw(args.out / RAW_FILE)
     curves: dict[str, dict[int, dict]] = {}
     fresh: dict[str, dict[int, dict]] = {}
@@ -395,7 +398,7 @@ def main() -> int:
     summary = summarise(curves, REFERENCE, args.target)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
-    scored_on = (f"recurring pool of {args.pool} train prompts, scored on them x {len(POOL_EVAL_SEEDS)} seeds"
+    scored_on = (f"recurring pool of {args.pool} train prompts, scored on them x {args.pool_seeds} seeds"
                  if args.pool else "72 test prompts x 4 seeds")
     plot({m: list(runs.values()) for m, runs in curves.items()}, args.out / "curves.png", scored_on)
     print(table(summary))

@@ -155,6 +155,9 @@ def test_recurring_pool_trains_and_scores_the_same_fixed_train_prompts(bench, tm
     assert overrides["prompts.test_source"] == overrides["prompts.source"]
     assert overrides["prompts.num_eval_prompts"] == "16" and len(pool) == len(set(pool)) == 16
     assert set(pool) <= set(rl_train_prompts()) and not set(pool) & set(test_prompts())
+    assert overrides["prompts.eval_seeds"] == "[0,1,2,3,4,5,6,7]"
+    assert dict(o.split("=", 1) for o in bench.recurring_pool(tmp_path / "four", 4, 32))["prompts.eval_seeds"] == \
+        "[" + ",".join(map(str, range(32))) + "]"
     assert bench.recurring_pool(tmp_path / "again", 16) and Path(tmp_path / "again" / "pool16.txt").read_text().splitlines() == pool
 
 
@@ -170,3 +173,13 @@ def test_raw_curves_rebuild_the_same_summary_without_the_run_directories(bench, 
     again = bench.load_raw(path)
     assert again["flow_grpo"][1]["items"] == curves["flow_grpo"][1]["items"]
     assert json.dumps(bench.summarise(again)) == json.dumps(bench.summarise(curves))
+
+
+def test_tuning_summary_keeps_saved_settings_whose_runs_are_not_here(tmp_path):
+    tune = load_benchmark("tune_flow_grpo")
+    saved = tmp_path / "summary.json"
+    saved.write_text(json.dumps([{"setting": "centre", "figure": "old"}, {"setting": "lr3e-4", "figure": "old"},
+                                 {"setting": "a setting no longer defined", "figure": "old"}]))
+    rows = tune.merged_with_saved([{"setting": "lr3e-4", "figure": "new"}], saved)
+    assert sorted((r["setting"], r["figure"]) for r in rows) == [("centre", "old"), ("lr3e-4", "new")]
+    assert tune.merged_with_saved([{"setting": "centre"}], tmp_path / "absent.json") == [{"setting": "centre"}]
