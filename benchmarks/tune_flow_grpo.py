@@ -52,8 +52,7 @@ ROUND4 = ["train.lr=1e-3", "superflow.prompts_per_iter=2", "superflow.group_size
 # Round 5: round 4's shape at a third of the learning rate for 128 iterations (4096 rollouts).
 # At lr 1e-3 the curve peaks within ~800 rollouts and then falls: if the update's noise drift
 # grows like lr^2 per rollout while its signal grows like lr, a smaller step peaks later and higher.
-ROUND5 = ["train.lr=3e-4", "superflow.prompts_per_iter=2", "superflow.group_size=16", "train.iterations=128",
-          "output.eval_every=32", "output.checkpoint_every=128"]
+ROUND5 = [*ROUND4, "train.lr=3e-4", "train.iterations=128", "output.eval_every=32", "output.checkpoint_every=128"]
 
 SETTINGS: dict[str, list[str]] = {
     # Round 1: the published settings, then the learning rate around the centre.
