@@ -27,6 +27,9 @@ LIBRARY_NOTICES: dict[str, tuple[str, ...]] = {
     "transformers.utils.import_utils": ("requires torchvision (not installed)",),
     # bitsandbytes on CPUs with AVX512-BF16: an optional kernel package; its own path runs.
     "bitsandbytes.backends.cpu.ops": ("Failed to load CPU gemm_4bit_forward",),
+    # ...and, under HF_HUB_OFFLINE=1, the kernels package says why it did not ask the hub who
+    # published that kernel before failing to find it in the cache.
+    "kernels._internals.hf_hub": ("Skipping publisher trust check",),
     # bitsandbytes LLM.int8: casts bf16 activations to fp16, said once per matmul call.
     "bitsandbytes.autograd._functions": ("MatMul8bitLt: inputs will be cast",),
     # load_lora_weights on SD3 also looks for text-encoder keys; these LoRAs train only the

@@ -135,3 +135,45 @@ def test_config_yaml_reruns_with_config_under_a_fresh_name(short_run, capsys, tm
     again = yaml.safe_load(capsys.readouterr().out)
     assert again["output"]["name"].startswith("tiny-superflow-")
     assert {k: v for k, v in again.items() if k != "output"} == {k: v for k, v in saved.items() if k != "output"}
+
+
+# Run in a fresh interpreter: bitsandbytes is told the CPU has AVX512-BF16, the case in which
+# it looks for the optional kernel package's CPU kernel at import time and the kernels package
+# (and bitsandbytes itself) log why that failed, offline or not.
+AVX512_BF16_IMPORT = """
+import importlib.abc, importlib.util, sys
+
+class PretendAvx512Bf16(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name != "bitsandbytes.functional":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        run = spec.loader.exec_module
+        def exec_module(module):
+            run(module)
+            module.has_avx512bf16 = lambda: True
+        spec.loader.exec_module = exec_module
+        return spec
+
+sys.meta_path.insert(0, PretendAvx512Bf16())
+if sys.argv[1] == "filtered":
+    from superflow_lite.console import filter_library_notices
+    filter_library_notices()
+import bitsandbytes
+"""
+
+
+@pytest.mark.parametrize("offline", ["1", "0"])
+def test_bitsandbytes_kernel_lookup_is_silent_offline_and_online(offline):
+    pytest.importorskip("kernels")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"} | {"HF_HUB_OFFLINE": offline}
+
+    def stderr_of(mode: str) -> str:
+        proc = subprocess.run([sys.executable, "-c", AVX512_BF16_IMPORT, mode], capture_output=True, text=True,
+                              env=env, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stderr
+
+    assert "gemm_4bit_forward" in stderr_of("unfiltered")  # the pretence reaches the kernel lookup
+    assert stderr_of("filtered").strip() == ""
