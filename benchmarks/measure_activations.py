@@ -1,6 +1,6 @@
 """Measure the activation terms of the memory plan on the real SD3.5-Medium architecture.
 
-    python benchmarks/measure_activations.py           # all terms -> benchmarks/activation_measurements.json
+    python benchmarks/measure_activations.py           # all terms -> superflow_lite/data/activation_measurements.json
     python benchmarks/measure_activations.py --check   # the tracker: fake vs real tensors on a small SD3
 
 How. Each part is built from its published config (superflow_lite.models.SD35_MEDIUM, and
@@ -37,7 +37,7 @@ from torch.utils._pytree import tree_leaves
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-OUT = Path(__file__).resolve().parent / "activation_measurements.json"
+OUT = Path(__file__).resolve().parent.parent / "superflow_lite" / "data" / "activation_measurements.json"
 DTYPE = torch.bfloat16
 LORA_RANK = 32
 LORA_TARGETS = ["attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0",

@@ -1,6 +1,6 @@
 """One typed config tree: the only copy of every default, documented once.
 
-Resolution order (later wins): defaults < preset (presets/<name>.yaml) < --config FILE <
+Resolution order (later wins): defaults < preset (superflow_lite/presets/<name>.yaml) < --config FILE <
 dotted CLI overrides (train.lr=1e-4). Every value is validated against the dataclass
 types below; a bad value raises ConfigError naming the key and the valid choices.
 """
@@ -17,7 +17,8 @@ from typing import Any, Literal
 
 import yaml
 
-PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
+# Inside the package, so an installed wheel finds its built-in presets without the source tree.
+PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 # SD3 was trained with at most 512 T5 tokens; its tokenizer and position bias stop there.
 MAX_T5_TOKENS = 512
 DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
@@ -236,7 +237,7 @@ class Config:
     algorithm: Literal["superflow", "flow_grpo"] = "superflow"
     """superflow (variance-aware groups, trackers, step weights) or flow_grpo (the baseline, ALGORITHM.md)."""
     preset: str = "tiny"
-    """The preset this config was resolved from (presets/<name>.yaml); set by --preset."""
+    """The preset this config was resolved from (superflow_lite/presets/<name>.yaml); set by --preset."""
     model: ModelConfig = field(default_factory=ModelConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     superflow: SuperFlowConfig = field(default_factory=SuperFlowConfig)

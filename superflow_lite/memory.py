@@ -11,7 +11,7 @@ phases:  transient bytes of encoding new prompts, of one sampling micro-batch (t
          one training micro-batch (forward + backward, checkpointing, CFG, the KL reference
          pass). The transformer, VAE, encoder and reward terms are laws fitted to
          measurements of the real architectures (benchmarks/measure_activations.py ->
-         benchmarks/activation_measurements.json); the bitsandbytes kernels' scratch and
+         superflow_lite/data/activation_measurements.json); the bitsandbytes kernels' scratch and
          the micro-batch inputs are counted from their shapes.
 Choice: R first (up to prompts_per_iter * m_max, at least prompts_per_iter * m_min), then the
 largest micro-batches up to the configured ones that keep the peak within the budget
@@ -38,7 +38,8 @@ from .config import Config
 
 T = TypeVar("T")
 GIB = 2**30
-MEASUREMENTS = Path(__file__).resolve().parent.parent / "benchmarks" / "activation_measurements.json"
+# Package data, so an installed wheel plans memory without the source tree.
+MEASUREMENTS = Path(__file__).resolve().parent / "data" / "activation_measurements.json"
 
 # (minimum usable GiB, preset): a preset is a target, not a cap.
 VRAM_TIERS = [(70.0, "80gb"), (40.0, "48gb"), (21.0, "24gb"), (14.0, "16gb"), (10.0, "12gb")]
@@ -74,7 +75,7 @@ def auto_preset() -> str:
 
 @functools.lru_cache(maxsize=1)
 def measurements() -> dict:
-    """benchmarks/activation_measurements.json: raw points and fitted coefficients."""
+    """superflow_lite/data/activation_measurements.json: raw points and fitted coefficients."""
     if not MEASUREMENTS.is_file():
         raise FileNotFoundError(f"{MEASUREMENTS} is missing; run python benchmarks/measure_activations.py")
     return json.loads(MEASUREMENTS.read_text())

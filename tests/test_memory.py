@@ -172,7 +172,7 @@ def test_each_preset_fits_its_card_with_headroom(preset):
 
 
 def test_presets_are_partial_overlays_with_reasons():
-    root = Path(memory.__file__).resolve().parent.parent / "presets"
+    root = Path(memory.__file__).resolve().parent / "presets"
     for preset in PRESETS:
         for line in (root / f"{preset}.yaml").read_text().splitlines():
             stripped = line.strip()

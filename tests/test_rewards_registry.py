@@ -16,7 +16,7 @@ from superflow_lite.rewards.prompt_sets import (
 )
 from superflow_lite.rewards.registry import WeightedSum, available_rewards, build_reward
 
-PRESETS = Path(__file__).resolve().parent.parent / "presets"
+PRESETS = Path(__file__).resolve().parent.parent / "superflow_lite" / "presets"
 NEW_REWARDS = {"ocr", "pickscore", "clipscore", "hpsv2", "aesthetic", "geneval", "remote"}
 
 
