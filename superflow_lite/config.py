@@ -200,8 +200,10 @@ class PromptsConfig:
     """Eval prompts, spread evenly over the split."""
     eval_seeds: list[int] = field(default_factory=lambda: [0])
     """One image per (prompt, seed); each seed fixes its noise, so every method and step sees the same noise."""
-    eval_split: Literal["test", "val"] = "test"
-    """test: final figures; val: train prompts held out of the RL pool, for tuning hyper-parameters."""
+    eval_split: Literal["test", "val", "pool"] = "test"
+    """test: final figures on held-out prompts; val: train prompts held out of the RL pool, for
+    tuning hyper-parameters; pool: the RL pool's own prompts at the eval seeds (how well a run
+    learns what it trains on; keep the eval seeds apart from tuning's)."""
 
 
 @dataclass
@@ -367,11 +369,19 @@ def _read_yaml(path: Path, what: str) -> dict:
     return data
 
 
-def load_preset(name: str) -> dict:
+def preset_layers(name: str, _children: tuple[str, ...] = ()) -> list[dict]:
+    """A preset's YAML, after the presets it `extends` (base first): a preset that varies
+    another states only what it changes."""
     path = PRESETS_DIR / f"{name}.yaml"
     if not path.is_file():
         raise ConfigError(f"unknown preset {name!r}; available: {', '.join(available_presets())}")
-    return _read_yaml(path, "preset")
+    data = _read_yaml(path, "preset")
+    base = data.pop("extends", None)
+    if base is None:
+        return [data]
+    if base == name or base in _children:
+        raise ConfigError(f"preset {name!r} extends {base!r}, which extends it back; break the cycle")
+    return [*preset_layers(str(base), (*_children, name)), data]
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -416,7 +426,8 @@ def build_config(
     cfg = Config()
     preset = resolve_preset_name(preset)
     cfg.preset = preset
-    _merge_into(cfg, load_preset(preset))
+    for layer in preset_layers(preset):
+        _merge_into(cfg, layer)
     if config_file:
         _merge_into(cfg, _read_yaml(Path(config_file), "config file"))
     for text in overrides or []:

@@ -17,7 +17,8 @@ EVAL_METRICS = {"eval/reward_mean": "test reward", "eval/strict_mean": "strict a
 def metric_words(split: str = "test") -> dict[str, str]:
     """EVAL_METRICS as a run evaluated on `prompts.eval_split` says them: a tuning run's
     numbers must never read as test figures."""
-    return {key: words.replace("test", "validation") if split == "val" else words for key, words in EVAL_METRICS.items()}
+    scope = {"val": "validation", "pool": "trained-prompt"}.get(split, "test")
+    return {key: words.replace("test", scope) for key, words in EVAL_METRICS.items()}
 
 # Library notices that say nothing a user of this project can act on, by the logger that
 # emits them and a fragment of the message. Everything else those loggers say still shows.
@@ -121,11 +122,38 @@ class RunSummary:
         for key, words in metric_words(self.split).items():
             before, after = (self.baseline or {}).get(key), (self.final or {}).get(key)
             if before is not None and after is not None and self.final_step:
-                out.append(f"{words}: {before:.3f} -> {after:.3f} ({after - before:+.3f}, step 0 -> {self.final_step})")
+                change = self.paired_change(key)
+                detail = (f"{change.fmt()}, 95% paired bootstrap over {change.items} images" if change
+                          else f"{after - before:+.3f}")
+                out.append(f"{words}: {before:.3f} -> {after:.3f} ({detail}, step 0 -> {self.final_step})")
         out.append(f"LoRA: {self.lora_dir}")
         if self.final_step is not None:
             out.append(f"samples: {self.samples_dir / f'{0:06d}'} (before) and {self.samples_dir / f'{self.final_step:06d}'} (after)")
         return out
+
+
+    def paired_change(self, key: str):
+        """The change of an eval metric from step 0 to the final step, image by image: the same
+        (prompt, seed) items with the same noise at both steps. None without both index files."""
+        from .stats import paired_change
+
+        metric = key.removeprefix("eval/").removesuffix("_mean")
+        steps = [self.samples_dir / f"{step:06d}" for step in (0, self.final_step or 0)]
+        if not all((d / "index.json").is_file() for d in steps):
+            return None
+        try:
+            return paired_change(*steps, metric)
+        except (KeyError, ValueError):  # an index without this metric, or no common items
+            return None
+
+
+def eval_scope_line(prompts: list[str], seeds: list[int], split: str) -> str:
+    """What every evaluation of the run scores, said once at its start."""
+    kind = {"pool": "trained prompts (fresh noise seeds)", "val": "validation prompts"}.get(split, "test prompts")
+    span = f"{seeds[0]}-{seeds[-1]}" if seeds == list(range(seeds[0], seeds[0] + len(seeds))) else ", ".join(map(str, seeds))
+    shown = "; ".join(prompts[:4]) + (f"; ... ({len(prompts) - 4} more)" if len(prompts) > 4 else "")
+    return (f"evaluation: {len(prompts)} {kind} x {len(seeds)} seeds ({span}) = {len(prompts) * len(seeds)} images, "
+            f"the same noise at every step: {shown}")
 
 
 def evaluations(rows: list[dict]) -> tuple[dict | None, tuple[int, dict] | None]:

@@ -18,6 +18,8 @@ class PromptSet:
 
     def eval_prompts(self, split: str) -> list[str]:
         """The prompts of `prompts.eval_split`."""
+        if split == "pool":
+            return self.train
         if split == "val":
             if not self.val:
                 raise ConfigError("prompts.eval_split=val needs a source with a validation split "
@@ -45,6 +47,10 @@ def builtin_prompt_set(name: str) -> PromptSet | None:
         from .world.prompts import rl_train_prompts, test_prompts, val_prompts
 
         return PromptSet(rl_train_prompts(), test_prompts(), val_prompts())
+    if name == "shapes-focus":
+        from .world.prompts import focus_prompts, test_prompts
+
+        return PromptSet(focus_prompts(), test_prompts())
     from .rewards.prompt_sets import available_prompt_sets, load_builtin_prompt_set
 
     if name in available_prompt_sets():

@@ -109,3 +109,18 @@ def aligned(evals: list[dict[tuple[str, int], float]]) -> np.ndarray:
     if not common:
         raise ValueError("the evaluations share no (prompt, seed) items: they cannot be paired")
     return np.array([[e[k] for k in common] for e in evals])
+
+
+@dataclass(frozen=True)
+class PairedChange(Interval):
+    """An evaluation's change between two steps over its common items."""
+
+    items: int = 0
+
+
+def paired_change(before_dir: Path, after_dir: Path, metric: str = "strict", **kwargs) -> PairedChange:
+    """mean(after - before) of one metric over the items two evaluations share, with its
+    paired bootstrap interval (one run: items are resampled)."""
+    table = aligned([read_eval_items(before_dir, metric), read_eval_items(after_dir, metric)])
+    change = paired_bootstrap(table[1], table[0], **kwargs)
+    return PairedChange(change.mean, change.low, change.high, items=table.shape[1])

@@ -558,7 +558,10 @@ class Trainer:
         baseline, latest = console.evaluations(read_metrics(run.path)) if main else (None, None)
         bar = tqdm(total=total, initial=self.iteration, disable=not (progress and main), unit="it",
                    dynamic_ncols=True, desc="training")
-        num_images = len(eval_subset(self.prompt_set.test, cfg.prompts.num_eval_prompts)) * len(cfg.prompts.eval_seeds)
+        eval_prompts = eval_subset(self.prompt_set.eval_prompts(cfg.prompts.eval_split), cfg.prompts.num_eval_prompts)
+        num_images = len(eval_prompts) * len(cfg.prompts.eval_seeds)
+        if main:
+            log.info(console.eval_scope_line(eval_prompts, list(cfg.prompts.eval_seeds), cfg.prompts.eval_split))
 
         def evaluate(step: int) -> dict:
             """One evaluation, with an indicator while it runs and its result line after."""

@@ -208,7 +208,7 @@ def test_gpu_preset_without_cuda_exits_2(capsys, tmp_path):
 
 
 def test_auto_preset_by_detected_memory(monkeypatch):
-    for vram, preset in [(0.0, "tiny"), (8.0, "tiny"), (11.99, "12gb"), (15.99, "16gb"), (23.99, "24gb"),
+    for vram, preset in [(0.0, "tiny-focus"), (8.0, "tiny-focus"), (11.99, "12gb"), (15.99, "16gb"), (23.99, "24gb"),
                          (44.99, "48gb"), (79.65, "80gb")]:
         monkeypatch.setattr(memory, "detected_vram_gib", lambda v=vram: v)
         assert memory.auto_preset() == preset

@@ -100,6 +100,15 @@ def rl_train_prompts() -> list[str]:
     return [p for p in _split()[0] if p not in held_out]
 
 
+def focus_prompts() -> list[str]:
+    """The default CPU job's pool: two position prompts of the RL pool that the base model
+    rarely gets right (strict accuracy about 0.1 over fresh seeds) and that RL learns within
+    minutes when every iteration revisits them (benchmarks/RESULTS.md, the default job)."""
+    focus = ["a photo of a yellow triangle above a blue circle", "a photo of a red circle above a red square"]
+    assert set(focus) <= set(rl_train_prompts())
+    return focus
+
+
 def test_prompts() -> list[str]:
     """Fixed evaluation prompts (72: 12 single, 12 counting, 24 binding, 24 position)."""
     return list(_split()[1])

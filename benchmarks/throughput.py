@@ -1,0 +1,101 @@
+"""Rollouts per second of the default job's training iterations, this tree against another
+checkout of the project, side by side (both at once, one thread each, so both see the same
+machine load), as a ratio per round:
+
+    git worktree add /tmp/baseline <commit>
+    python benchmarks/throughput.py --baseline /tmp/baseline --rounds 3 --iterations 6
+
+Each side builds the trainer of the default job (`--preset tiny`, no evaluation, no
+checkpoints) in a process of its own, runs one iteration to warm up (embeddings, allocator),
+then times the next ones. Writes benchmarks/results/throughput/summary.json and raw.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent.parent
+OUT = HERE / "benchmarks" / "results" / "throughput"
+
+# Runs inside each checkout, with its own superflow_lite: only the API both sides share.
+CHILD = r"""
+import json, sys, tempfile, time
+from pathlib import Path
+from superflow_lite.config import build_config
+from superflow_lite.rewards.async_scorer import AsyncRewardScorer
+from superflow_lite.rundir import RunDir
+from superflow_lite.trainer import Trainer
+iterations, overrides = int(sys.argv[1]), sys.argv[2:]
+cfg = build_config("tiny", None, overrides)
+with tempfile.TemporaryDirectory() as tmp:
+    run = RunDir(Path(tmp) / "run")
+    run.create()
+    trainer = Trainer(cfg, run)
+    with AsyncRewardScorer(trainer.reward) as trainer.scorer:
+        trainer.train_iteration(0)
+        start = time.perf_counter()
+        rows = [trainer.train_iteration(i) for i in range(1, iterations + 1)]
+        seconds = time.perf_counter() - start
+rollouts = sum(r["rollouts/iter"] for r in rows)
+print(json.dumps({"rollouts": rollouts, "seconds": seconds, "rollouts_per_s": rollouts / seconds,
+                  "sample_s": sum(r["perf/sample_s"] for r in rows) / iterations,
+                  "iter_s": sum(r["perf/iter_s"] for r in rows) / iterations,
+                  "reward_mean": [r["reward/mean"] for r in rows]}))
+"""
+
+
+def start_side(tree: Path, iterations: int, overrides: list[str]) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {
+        "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    return subprocess.Popen([sys.executable, "-c", CHILD, str(iterations), *overrides], cwd=tree, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc: subprocess.Popen) -> dict:
+    out, err = proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(err[-2000:])
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--baseline", type=Path, required=True, help="another checkout of the project (the 'before')")
+    parser.add_argument("--rounds", type=int, default=3, help="side-by-side rounds; the ratio is reported per round")
+    parser.add_argument("--iterations", type=int, default=6, help="timed iterations per side and round (after 1 warm-up)")
+    parser.add_argument("overrides", nargs="*", help="config overrides for both sides (dotted keys)")
+    args = parser.parse_args(argv)
+    if not (args.baseline / "superflow_lite" / "trainer.py").is_file():
+        print(f"error: --baseline {args.baseline} is not a checkout of this project", file=sys.stderr)
+        return 2
+    rounds = []
+    for r in range(args.rounds):
+        before, after = start_side(args.baseline, args.iterations, args.overrides), start_side(HERE, args.iterations, args.overrides)
+        b, a = finish(before), finish(after)
+        rounds.append({"before": b, "after": a, "ratio": a["rollouts_per_s"] / b["rollouts_per_s"]})
+        print(f"round {r + 1}: before {b['rollouts_per_s']:.2f} rollouts/s, after {a['rollouts_per_s']:.2f}, "
+              f"ratio {rounds[-1]['ratio']:.2f}", flush=True)
+    OUT.mkdir(parents=True, exist_ok=True)
+    base_commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=args.baseline, capture_output=True, text=True).stdout.strip()
+    summary = {
+        "command": "python benchmarks/throughput.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "baseline_commit": base_commit,
+        "machine": f"{os.cpu_count()} CPUs, one thread per side, both sides at once",
+        "before_rollouts_per_s": statistics.median(x["before"]["rollouts_per_s"] for x in rounds),
+        "after_rollouts_per_s": statistics.median(x["after"]["rollouts_per_s"] for x in rounds),
+        "ratio_median": statistics.median(x["ratio"] for x in rounds),
+        "ratios": [x["ratio"] for x in rounds],
+    }
+    (OUT / "raw.json").write_text(json.dumps(rounds, indent=1) + "\n")
+    (OUT / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
