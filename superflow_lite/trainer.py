@@ -28,7 +28,7 @@ from .checkpoint import load_latest_intact, rng_state, save_checkpoint, set_rng_
 from .config import Config
 from .embeddings import PromptEmbeds, PromptEncoder
 from .ema import LoraEMA
-from .evaluation import evaluate_and_save
+from .evaluation import EvaluationStopped, evaluate_and_save
 from .export import export_lora, model_card
 from .grouping import GroupPlan, GroupSampler
 from .memory import agree_micro_batch, plan_for_config, retry_on_oom, to_rollout_buffer
@@ -540,6 +540,7 @@ class Trainer:
                 self.run.samples_dir / f"{step:06d}", resolution=cfg.sampling.resolution,
                 num_steps=cfg.sampling.eval_num_steps, guidance_scale=cfg.sampling.eval_guidance_scale,
                 micro_batch=self.sample_micro_batch, vae_decode=cfg.memory.vae_decode,
+                stop_requested=lambda: self.stop.requested,
             )
 
     def export(self, summary: console.RunSummary | None = None) -> Path:
@@ -566,7 +567,14 @@ class Trainer:
             bar.set_description_str(f"evaluating step {step}")
             if bar.disable:
                 log.info(console.eval_started_line(step, num_images))
-            metrics = self.evaluate(step)
+            try:
+                metrics = self.evaluate(step)
+            except EvaluationStopped as err:
+                # A stop must not wait minutes for an evaluation: it is abandoned (no samples,
+                # no eval metrics at this step); the training state it would not change is kept.
+                log.info("stop requested: evaluation at step %d abandoned (%s)", step, err)
+                bar.set_description_str("training")
+                return {}
             baseline = baseline or metrics
             latest = (step, metrics)
             bar.set_description_str("training")
@@ -577,9 +585,11 @@ class Trainer:
         tracking.init(self.accelerator, report_to, run.path, dataclasses.asdict(cfg))
         with logging_redirect_tqdm(loggers=[log]), AsyncRewardScorer(self.reward) as self.scorer:
             if self.iteration == 0 and main:
-                row0 = {"iteration": 0, **evaluate(0)}
-                run.append_metrics(row0)
-                tracking.log_row(self.accelerator, report_to, row0, 0)
+                step0 = evaluate(0)
+                if step0:  # abandoned by a stop: a resume evaluates step 0 again
+                    row0 = {"iteration": 0, **step0}
+                    run.append_metrics(row0)
+                    tracking.log_row(self.accelerator, report_to, row0, 0)
                 bar.reset(total)  # the ETA counts training iterations, not the step-0 evaluation
             while self.iteration < total and not self._stop_agreed():
                 row = self.train_iteration(self.iteration)
