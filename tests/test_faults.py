@@ -1,10 +1,12 @@
 """Fault drills on the tiny world, and what each leaves on disk: non-finite rewards from a
-remote server, a non-finite optimizer step, a damaged newest checkpoint, kill -9 and a
-double Ctrl-C, each followed by a resume."""
+remote server, a non-finite optimizer step, a damaged newest checkpoint, kill -9 (mid-run
+and during the final LoRA export), a stop during the step-0 evaluation and a double
+Ctrl-C, each followed by a resume."""
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,8 +21,8 @@ import yaml
 from safetensors.torch import load_file
 
 from superflow_lite.checkpoint import load_latest_intact
-from superflow_lite.rundir import (FAILED, STOPPED, latest_checkpoint_iteration, list_checkpoints, read_metrics,
-                                   read_status, run_state)
+from superflow_lite.rundir import (DONE, FAILED, STOPPED, latest_checkpoint_iteration, list_checkpoints,
+                                   lora_complete, read_metrics, read_status, run_state)
 from superflow_lite.train import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -146,10 +148,10 @@ def dead_pid() -> int:
     return proc.pid
 
 
-def start_cli(run: Path, fast_overrides: list[str]) -> subprocess.Popen:
+def start_cli(run: Path, fast_overrides: list[str], iterations: int = 50) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "superflow_lite.train", "--preset", "tiny", "--no-progress",
-                             "--output", str(run), *fast_overrides, "train.iterations=50"],
+                             "--output", str(run), *fast_overrides, f"train.iterations={iterations}"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
@@ -193,3 +195,63 @@ def test_a_double_ctrl_c_says_what_the_last_checkpoint_keeps(tmp_path, fast_over
     assert run_state(run) == STOPPED
     assert main(["--resume", str(run), "--no-progress", f"train.iterations={at + 1}"]) == 0
     assert read_status(run)["state"] == "done"
+
+
+def test_kill_9_during_the_final_export_leaves_a_run_that_resume_completes(tmp_path, fast_overrides, capsys):
+    """What a kill during the final export leaves: every checkpoint written, the LoRA being
+    built aside in .lora.<pid>.tmp (its process gone), lora/ missing or an older export."""
+    run = tmp_path / "run"
+    assert main(["--preset", "tiny", "--no-progress", "--output", str(run), *fast_overrides, "train.iterations=1"]) == 0
+    exported = load_file(run / "lora" / "pytorch_lora_weights.safetensors")
+    metrics = (run / "metrics.jsonl").read_bytes()
+    for leave_old_lora in (False, True):
+        if not leave_old_lora:
+            shutil.rmtree(run / "lora")
+        else:  # an earlier (stopped) export still in place, older than the final weights
+            (run / "lora" / "README.md").write_text("an older export")
+        half_built = run / f".lora.{dead_pid()}.tmp"
+        (half_built / "peft").mkdir(parents=True)
+        (half_built / "pytorch_lora_weights.safetensors").write_bytes(b"\0" * 100)
+        status = read_status(run)
+        (run / "status.json").write_text(json.dumps({**status, "state": "running"}))  # its last word
+        capsys.readouterr()
+        assert main(["--resume", str(run), "--no-progress"]) == 0, capsys.readouterr().err
+        assert lora_complete(run) and not half_built.exists()
+        assert "an older export" not in (run / "lora" / "README.md").read_text()
+        again = load_file(run / "lora" / "pytorch_lora_weights.safetensors")
+        assert again.keys() == exported.keys() and all(torch.equal(again[k], exported[k]) for k in exported)
+        assert read_status(run)["state"] == DONE and (run / "metrics.jsonl").read_bytes() == metrics
+    assert main(["--resume", str(run)]) == 2  # whole again: a plain resume has nothing to do
+    assert "the run is done (1/1 iterations)" in capsys.readouterr().err
+
+
+def log_says(run: Path, text: str) -> bool:
+    log = run / "train.log"
+    return log.exists() and text in log.read_text()
+
+
+def test_a_stop_during_the_step_0_evaluation_ends_within_seconds(tmp_path, fast_overrides):
+    run = tmp_path / "run"
+    # An evaluation of 128 images in micro-batches of 2: about a minute on 2 CPU cores, each
+    # micro-batch about a second.
+    slow_eval = ["prompts.num_eval_prompts=16", "prompts.eval_seeds=[0,1,2,3,4,5,6,7]", "sampling.eval_num_steps=20",
+                 "sampling.micro_batch=2"]
+    proc = start_cli(run, [*fast_overrides, *slow_eval], iterations=2)
+    deadline = time.monotonic() + 240
+    while not log_says(run, "evaluating step 0"):
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline, "the step-0 evaluation did not start in time"
+        time.sleep(0.2)
+    time.sleep(2)  # well into the evaluation
+    proc.send_signal(signal.SIGTERM)
+    asked = time.monotonic()
+    _, err = proc.communicate(timeout=180)
+    took = time.monotonic() - asked
+    assert proc.returncode == 0, err
+    assert took < 15, f"the stop took {took:.0f} s"
+    assert "evaluation at step 0 abandoned" in (run / "train.log").read_text()
+    assert read_status(run)["state"] == STOPPED and latest_checkpoint_iteration(run) == 0
+    assert not (run / "samples" / "000000").exists() and read_metrics(run) == []  # nothing half-written
+    assert main(["--resume", str(run), "--no-progress", "prompts.num_eval_prompts=2", "prompts.eval_seeds=[0]",
+                 "sampling.eval_num_steps=2", "train.iterations=1"]) == 0
+    assert [r["iteration"] for r in read_metrics(run)] == [0, 1] and read_status(run)["state"] == DONE
