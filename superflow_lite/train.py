@@ -118,7 +118,7 @@ def _train_locked(launch: Launch, run: RunDir, progress: bool) -> int:
     from .console import hide_loading_bars
     from .export import loading_snippet
     from .rewards.base import NonFiniteReward
-    from .trainer import StopRequested, Trainer
+    from .trainer import StopRequested, Trainer, TrainingDiverged
 
     cfg = launch.cfg
     clean_temp_files(run.path)
@@ -150,6 +150,9 @@ def _train_locked(launch: Launch, run: RunDir, progress: bool) -> int:
     except NonFiniteReward as err:
         return _failed(run, err, f"{one_line(err)}. {_what_is_kept(run)}; fix the reward, then resume with "
                                  f"--resume {run.path}")
+    except TrainingDiverged as err:  # a resume would keep the checkpoint's optimizer, learning rate included
+        return _failed(run, err, f"{one_line(err)}. Nothing of it was checkpointed or exported; start a new run "
+                                 "with a lower train.lr")
     except Exception as err:  # the status must say failed, whatever broke
         return _failed(run, err, f"the run failed: {type(err).__name__}: {one_line(err)}")
     try:

@@ -45,6 +45,19 @@ from .sde import gaussian_logp, kl_to_reference, sde_step_mean_std
 log = logging.getLogger("superflow_lite")
 
 
+# The largest |weight| a LoRA may reach before the run counts as diverged. Its weights start
+# below 1 (A: kaiming-uniform, B: 0) and AdamW moves each by about lr per step, so a sane run
+# (lr <= 1e-3, thousands of steps) stays within a few units (the tiny preset's: 0.54). 1e3 is
+# far beyond that, and far below what a diverging run reaches (train.lr=1e30: 1e30 after one
+# step, then every step non-finite and skipped, ending "done" with a useless LoRA).
+MAX_LORA_WEIGHT = 1e3
+
+
+class TrainingDiverged(RuntimeError):
+    """The LoRA's weights left the range a sane run stays in: the run stops before they are
+    checkpointed or exported."""
+
+
 @dataclass
 class Rollouts:
     """One iteration's stored rollouts (rows of this process only).
@@ -454,6 +467,20 @@ class Trainer:
                 count += rows
         return sums, count
 
+    def check_not_diverged(self, iteration: int) -> None:
+        """Raise TrainingDiverged when a LoRA weight is beyond MAX_LORA_WEIGHT (or not finite)."""
+        worst_name, worst = "", 0.0
+        for name, param in self.base_model.named_parameters():
+            if "lora_" in name:
+                largest = param.detach().abs().max().item()
+                if not largest <= worst:  # NaN counts as the worst
+                    worst_name, worst = name, largest
+        if not worst <= MAX_LORA_WEIGHT:
+            raise TrainingDiverged(
+                f"the run diverged at iteration {iteration + 1}: LoRA weight {worst_name} reached |w| = {worst:.3g}, "
+                f"beyond {MAX_LORA_WEIGHT:g} (a sane run stays within a few units); train.lr={self.cfg.train.lr:g} is likely "
+                "too high")
+
     def _sum_over_processes(self, sums: dict[str, float], count: int) -> tuple[dict[str, float], int]:
         """The update's stat sums and count over all processes (every process ends with the same)."""
         if self.accelerator.num_processes == 1:
@@ -504,6 +531,7 @@ class Trainer:
         adv = torch.as_tensor(adv_all, dtype=torch.float32)[rollouts.rows]
         embeds = self.encoder.encode(plan.prompts)
         update_stats = self.update(rollouts, adv, embeds, schedule, steps, iteration)
+        self.check_not_diverged(iteration)
         per_group = [rollouts.unit_rewards[group_of_row == g] for g in range(len(plan.prompts))]
         tracker_stats = self.sampler.update(plan, per_group, drift=update_stats.get("grpo/approx_kl"))
         self.rollouts_total += plan.total_rollouts

@@ -142,6 +142,17 @@ def test_a_damaged_newest_checkpoint_falls_back_and_resume_overrides_persist(tmp
     assert "the run is done (3/3 iterations)" in capsys.readouterr().err
 
 
+def test_a_diverging_run_stops_with_exit_1_and_keeps_nothing_of_it(tmp_path, fast_overrides, capsys):
+    run = tmp_path / "run"
+    assert main(["--preset", "tiny", "--no-progress", "--output", str(run), *fast_overrides, "train.iterations=2",
+                 "train.lr=1e30"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: the run diverged at iteration 1: LoRA weight ") and "|w| = 1e+30" in err, err
+    assert "train.lr=1e+30" in err and str(run / "train.log") in err
+    assert read_status(run)["state"] == FAILED and run_state(run) == FAILED
+    assert list_checkpoints(run) == [] and not (run / "lora").exists()  # the diverged weights are nowhere
+
+
 def dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
