@@ -52,7 +52,8 @@ class DrillHandler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def do_GET(self):
-        self._send({"name": "drill", "low": 0.0, "high": 1.0})
+        low, high = self.server.declared_range
+        self._send({"name": "drill", "low": low, "high": high})
 
     def do_POST(self):
         n = len(json.loads(self.rfile.read(int(self.headers["Content-Length"])))["images"])
@@ -64,6 +65,7 @@ class DrillHandler(BaseHTTPRequestHandler):
 def drill_server():
     server = ThreadingHTTPServer(("127.0.0.1", 0), DrillHandler)
     server.mode = "good"
+    server.declared_range = (0.0, 1.0)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield server
@@ -100,6 +102,19 @@ def test_nan_and_inf_rewards_stop_the_run_and_a_good_reward_resumes_it(tmp_path,
     assert main(["--resume", str(run), "--no-progress"]) == 0  # iterations=2 persisted by the resumes above
     assert read_status(run)["state"] == "done" and read_status(run)["iteration"] == 2
     assert lora_is_finite(run) and checkpoint_is_finite(run)
+
+
+@pytest.mark.parametrize("declared", [(0.5, 0.5), (float("nan"), 1.0), (1.0, 0.0)])
+def test_a_server_declaring_an_empty_or_nan_range_is_refused_at_launch(tmp_path, fast_overrides, drill_server,
+                                                                        declared, capsys):
+    drill_server.declared_range = declared
+    url = f"http://127.0.0.1:{drill_server.server_address[1]}"
+    remote = ["reward.weights={remote: 1.0}", f"reward.options={{remote: {{url: '{url}', retries: 0}}}}"]
+    assert main(["--preset", "tiny", "--no-progress", "--output", str(tmp_path / "run"), *fast_overrides,
+                 *remote]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"declares the range [{declared[0]:g}, {declared[1]:g}] (from {url}/info)" in err
+    assert "low < high" in err and not (tmp_path / "run").exists()
 
 
 def test_a_non_finite_step_is_skipped_and_never_reaches_the_weights(tmp_path, fast_overrides, monkeypatch):
