@@ -2,13 +2,16 @@
 or touched. A failure raises UsageError (or ConfigError) with one line naming what is
 wrong and what to do; the CLI prints it and exits 2, having created and changed nothing.
 
-    gate(args) = config (types, ranges, finite numbers, keys at every depth)
-               + the run folder (new: free and writable; resume: a run, idle, readable,
-                 with a checkpoint whose LoRA has the configured shape)
+    gate(args) = config (types, ranges, finite numbers, keys at every depth; YAML aliases
+                 and lengths bounded)
+               + the run folder (new: free and writable; resume: a run with a whole
+                 config.yaml, idle, not finished unless its LoRA needs exporting, with a
+                 checkpoint whose LoRA has the configured shape)
                + the machine (CUDA for the device, quantization and xformers), and the
                  model in the cache when offline
-               + the rewards, built with their options, and the prompts, loaded and read
-                 by the reward that will score them
+               + the rewards, built with their options (each type-checked) and a finite,
+                 non-empty declared range, and the prompts, loaded and read by the reward
+                 that will score them
                + the LoRA targets, matched against the model's module names
 """
 from __future__ import annotations
@@ -124,8 +127,9 @@ def check_new_run(run_path: Path) -> None:
 
 
 def check_resume(cfg: Config, run_path: Path, shapes: dict[str, tuple[int, ...]] | None) -> int | None:
-    """The run is idle, not already finished at this length, and its checkpoint fits the
-    config. Returns the iteration it continues from (None: no checkpoint, from 0)."""
+    """The run is idle, not already finished at this length (unless its LoRA needs exporting),
+    and its checkpoint fits the config. Returns the iteration it continues from (None: no
+    checkpoint, from 0)."""
     where = f"--resume {run_path}"
     if writer_alive(run_path):
         pid = (read_status(run_path) or {}).get("pid")
