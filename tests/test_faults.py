@@ -104,17 +104,22 @@ def test_nan_and_inf_rewards_stop_the_run_and_a_good_reward_resumes_it(tmp_path,
     assert lora_is_finite(run) and checkpoint_is_finite(run)
 
 
-@pytest.mark.parametrize("declared", [(0.5, 0.5), (float("nan"), 1.0), (1.0, 0.0)])
+@pytest.mark.parametrize("declared,message", [
+    ((0.5, 0.5), "declares the range [0.5, 0.5] (from {url}/info): it must be finite with low < high"),
+    ((float("nan"), 1.0), "declares the range [nan, 1] (from {url}/info): it must be finite with low < high"),
+    ((1.0, 0.0), "declares the range [1, 0] (from {url}/info): it must be finite with low < high"),
+    (("zero", 1.0), "{url}/info answered b'{{\"name\": \"drill\", \"low\": \"zero\""),
+])
 def test_a_server_declaring_an_empty_or_nan_range_is_refused_at_launch(tmp_path, fast_overrides, drill_server,
-                                                                        declared, capsys):
+                                                                        declared, message, capsys):
     drill_server.declared_range = declared
     url = f"http://127.0.0.1:{drill_server.server_address[1]}"
     remote = ["reward.weights={remote: 1.0}", f"reward.options={{remote: {{url: '{url}', retries: 0}}}}"]
     assert main(["--preset", "tiny", "--no-progress", "--output", str(tmp_path / "run"), *fast_overrides,
                  *remote]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and f"declares the range [{declared[0]:g}, {declared[1]:g}] (from {url}/info)" in err
-    assert "low < high" in err and not (tmp_path / "run").exists()
+    assert err.count("\n") == 1 and message.format(url=url) in err, err
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_non_finite_step_is_skipped_and_never_reaches_the_weights(tmp_path, fast_overrides, monkeypatch):
