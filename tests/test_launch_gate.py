@@ -1,5 +1,5 @@
 """The launch gate: every bad input exits 2 with one `error:` line, creates no run
-directory and leaves an existing run byte for byte as it was."""
+directory and leaves an existing run byte for byte as it was, no file rewritten."""
 from __future__ import annotations
 
 import hashlib
@@ -19,9 +19,10 @@ from superflow_lite.train import main
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def tree_digest(path: Path) -> dict[str, str]:
-    """{relative file: sha256} of everything under `path` (names and bytes)."""
-    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+def tree_digest(path: Path) -> dict[str, tuple[str, int]]:
+    """{relative file: (sha256, mtime in ns)} of everything under `path`: names, bytes, and
+    whether a file was rewritten even with the same bytes."""
+    return {str(p.relative_to(path)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
             for p in sorted(path.rglob("*")) if p.is_file()}
 
 
