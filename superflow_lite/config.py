@@ -413,13 +413,16 @@ def _expanded_size(root: yaml.Node) -> float:
 
 
 def load_yaml(text: str):
-    """yaml.safe_load with aliases bounded (_BoundedLoader): ConfigError for an alias bomb,
-    yaml.YAMLError for anything else it cannot read."""
+    """yaml.safe_load with aliases bounded (_BoundedLoader): ConfigError for an alias bomb or
+    a value nested too deep, yaml.YAMLError for anything else it cannot read."""
     loader = _BoundedLoader(text)
     try:
         return loader.get_single_data()
     except ConfigError:
         raise
+    except RecursionError:  # PyYAML composes nested values recursively: a few hundred levels at most
+        raise ConfigError("its values nest too deep (hundreds of [ or { inside each other); "
+                          "write a flatter value") from None
     except ValueError as err:  # PyYAML's own constructors: an integer of 5,000 digits, a date like 2020-13-45
         raise yaml.constructor.ConstructorError(problem=f"a value cannot be read: {shorten(str(err))}") from None
     finally:
@@ -445,7 +448,7 @@ def _read_yaml(path: Path, what: str) -> dict:
         raise ConfigError(f"{what} {str(path)!r} cannot be read ({err.strerror}); check its permissions") from None
     try:
         data = load_yaml(text) or {}
-    except ConfigError as err:  # an alias bomb
+    except ConfigError as err:  # an alias bomb, a value nested too deep
         raise ConfigError(f"{what} {str(path)!r}: {err}") from None
     except yaml.YAMLError as err:
         where = getattr(err, "problem_mark", None)

@@ -84,6 +84,8 @@ CASES = [
     ("alias-bomb-override", [*TINY, f"reward.options={{shapes: {ALIAS_BOMB}}}"], "expand to more than 100,000 values"),
     ("alias-bomb-config", [*TINY, "--config", "{file:bomb.yaml}"], "expand to more than 100,000 values"),
     ("alias-cycle", [*TINY, "reward.options={shapes: &a {x: *a}}"], "refer to themselves"),
+    ("nested-2000-deep", [*TINY, "reward.options={shapes: {x: " + "[" * 2_000 + "1" + "]" * 2_000 + "}}"],
+     "its values nest too deep"),
     ("override-too-long", [*TINY, "train.lr=" + "1" * 20_000], "is longer than 10,000 characters"),
     ("override-huge-int", [*TINY, "train.lr=" + "1" * 400], "train.lr must be a finite number"),
     ("config-too-large", [*TINY, "--config", "{file:huge.yaml}"], "more than a config holds"),
