@@ -98,9 +98,9 @@ def read_run_config(path: Path) -> dict:
     """A run's config.yaml, which the trainer writes whole: every section must be there. An
     empty or cut file would otherwise resume the run with default settings in their place."""
     data = read_config_file(path, "the run's config")
-    missing = [f.name for f in dataclasses.fields(Config) if f.name not in data]
     if not data:
         raise ConfigError("it is empty")
+    missing = [f.name for f in dataclasses.fields(Config) if f.name not in data]
     if missing:
         raise ConfigError(f"it lacks {', '.join(missing)} (a run's config.yaml holds every section)")
     return data
