@@ -113,6 +113,7 @@ def _check_range(name: str, reward: Reward) -> None:
         raise ValueError(f"reward {name!r} declares the range [{low:g}, {high:g}] (from {origin}): it must be "
                          "finite with low < high, since scores are mapped onto it; fix it there")
 
+
 def _check_option_types(cls: type[Reward], name: str, opts: dict) -> None:
     """Each option against the annotation of the reward's keyword: a wrong type (url: 8000)
     is one message naming the key and the type, not a traceback from inside the reward."""

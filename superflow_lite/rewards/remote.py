@@ -139,8 +139,9 @@ class RemoteReward(Reward):
             # The range must be known now: a weighted sum and the trackers read it before
             # the first batch is scored.
             self.remote_name, info_low, info_high = self._info()
-            self.range_origin = f"{self.url}/info" if low is None and high is None else \
-                f"{self.url}/info and reward.options.remote"
+            self.range_origin = f"{self.url}/info"
+            if low is not None or high is not None:
+                self.range_origin += " and reward.options.remote"
             low = info_low if low is None else low
             high = info_high if high is None else high
         self.low, self.high = float(low), float(high)
