@@ -22,6 +22,14 @@ PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 # SD3 was trained with at most 512 T5 tokens; its tokenizer and position bias stop there.
 MAX_T5_TOKENS = 512
 DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
+# Bounds on what a user's YAML may hold. A config is a few hundred values; these are far
+# above any real one and far below what hangs a check: YAML aliases can nest a document of
+# a few hundred bytes into 10^9 values (an "alias bomb"), and PyYAML reads ~1 MB/s.
+MAX_YAML_VALUES = 100_000
+MAX_OVERRIDE_CHARS = 10_000
+MAX_CONFIG_FILE_BYTES = 1_000_000
+# What an error message echoes of a user's value: enough to recognise it, one line long.
+MAX_ECHO_CHARS = 80
 
 
 class ConfigError(ValueError):
@@ -253,6 +261,18 @@ class Config:
 # ----------------------------------------------------------------------------- typing
 
 
+def shorten(text: str, limit: int = MAX_ECHO_CHARS) -> str:
+    """`text` cut to `limit` characters, saying how long it was: a message stays one readable line."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
+def echo(value: Any) -> str:
+    """A user's value as an error message shows it: its repr, shortened."""
+    if isinstance(value, str) and len(value) > MAX_ECHO_CHARS:
+        return f"{value[:MAX_ECHO_CHARS]!r}... ({len(value):,} characters)"
+    return shorten(repr(value))
+
+
 def _describe(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin is Literal:
@@ -269,7 +289,7 @@ def _describe(tp: Any) -> str:
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check `value` against the annotation `tp`; return it (ints widen to float)."""
     origin = typing.get_origin(tp)
-    bad = ConfigError(f"{key}: expected {_describe(tp)}, got {value!r}")
+    bad = ConfigError(f"{key}: expected {_describe(tp)}, got {echo(value)}")
     if origin is Literal:
         if value not in typing.get_args(tp):
             raise bad
@@ -296,7 +316,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an integer of hundreds of digits
+            raise ConfigError(f"{key} must be a finite number (not nan or inf); give a plain number, "
+                              f"got {echo(value)}") from None
     if tp is str:
         if not isinstance(value, str):
             raise bad
@@ -318,16 +342,22 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(f"{key}: unsupported type {tp}")
 
 
+def check_type(value: Any, tp: Any, key: str) -> Any:
+    """`value` checked against the annotation `tp` (ints widen to float); ConfigError naming
+    `key` and the expected type otherwise. For values typed outside this tree (a reward's options)."""
+    return _coerce(value, tp, key)
+
+
 def _merge_into(obj: Any, data: dict, prefix: str = "") -> None:
     """Overlay a (partial) nested dict onto a dataclass instance, validating each key."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {echo(data)}")
     hints = typing.get_type_hints(type(obj))
     names = [f.name for f in dataclasses.fields(obj)]
     for key, value in data.items():
         full = f"{prefix}{key}"
         if key not in names:
-            raise ConfigError(f"unknown key {full!r}; valid keys here: {', '.join(names)}")
+            raise ConfigError(f"unknown key {echo(full)}; valid keys here: {', '.join(names)}")
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             _merge_into(current, value, full + ".")
@@ -346,6 +376,62 @@ def to_yaml(cfg: Config) -> str:
 # ----------------------------------------------------------------------------- sources
 
 
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a document whose aliases expand beyond MAX_YAML_VALUES
+    values (or refer to themselves): the checks walk the expanded tree, so an alias bomb
+    would hang them for hours."""
+
+    def compose_document(self):
+        node = super().compose_document()
+        if _expanded_size(node) > MAX_YAML_VALUES:
+            raise ConfigError(f"its YAML aliases (*name) refer to themselves or expand to more than "
+                              f"{MAX_YAML_VALUES:,} values; "
+                              "write the values out instead of nesting aliases")
+        return node
+
+
+def _expanded_size(root: yaml.Node) -> float:
+    """Values in the tree `root` stands for once every alias is expanded (inf: a cycle).
+    Each node is sized once (memoised), so the count itself stays linear in the document."""
+    sizes: dict[int, float] = {}
+    in_progress: set[int] = set()
+
+    def size(node: yaml.Node) -> float:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if id(node) in in_progress:
+            return math.inf  # an alias inside its own anchor
+        in_progress.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            total = 1 + sum(size(child) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            total = 1 + sum(size(k) + size(v) for k, v in node.value)
+        else:
+            total = 1
+        in_progress.discard(id(node))
+        sizes[id(node)] = total
+        return total
+
+    return size(root)
+
+
+def load_yaml(text: str):
+    """yaml.safe_load with aliases bounded (_BoundedLoader): ConfigError for an alias bomb or
+    a value nested too deep, yaml.YAMLError for anything else it cannot read."""
+    loader = _BoundedLoader(text)
+    try:
+        return loader.get_single_data()
+    except ConfigError:
+        raise
+    except RecursionError:  # PyYAML composes nested values recursively: a few hundred levels at most
+        raise ConfigError("its values nest too deep (hundreds of [ or { inside each other); "
+                          "write a flatter value") from None
+    except ValueError as err:  # PyYAML's own constructors: an integer of 5,000 digits, a date like 2020-13-45
+        raise yaml.constructor.ConstructorError(problem=f"a value cannot be read: {shorten(str(err))}") from None
+    finally:
+        loader.dispose()
+
+
 def available_presets() -> list[str]:
     return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml") if not p.stem.startswith("task-"))
 
@@ -354,11 +440,19 @@ def _read_yaml(path: Path, what: str) -> dict:
     if not path.is_file():
         raise ConfigError(f"{what} {str(path)!r} does not exist; check the path")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        size = path.stat().st_size
+        if size > MAX_CONFIG_FILE_BYTES:
+            raise ConfigError(f"{what} {str(path)!r} is {size:,} bytes, more than a config holds (at most "
+                              f"{MAX_CONFIG_FILE_BYTES:,}); give a YAML file of config keys")
+        text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise ConfigError(f"{what} {str(path)!r} is not UTF-8 text; give a YAML file of config keys") from None
     except OSError as err:
         raise ConfigError(f"{what} {str(path)!r} cannot be read ({err.strerror}); check its permissions") from None
+    try:
+        data = load_yaml(text) or {}
+    except ConfigError as err:  # an alias bomb, a value nested too deep
+        raise ConfigError(f"{what} {str(path)!r}: {err}") from None
     except yaml.YAMLError as err:
         where = getattr(err, "problem_mark", None)
         at = f" at line {where.line + 1}" if where is not None else ""
@@ -374,25 +468,30 @@ def preset_layers(name: str, _children: tuple[str, ...] = ()) -> list[dict]:
     another states only what it changes."""
     path = PRESETS_DIR / f"{name}.yaml"
     if not path.is_file():
-        raise ConfigError(f"unknown preset {name!r}; available: {', '.join(available_presets())}")
+        raise ConfigError(f"unknown preset {echo(name)}; available: {', '.join(available_presets())}")
     data = _read_yaml(path, "preset")
     base = data.pop("extends", None)
     if base is None:
         return [data]
     if base == name or base in _children:
-        raise ConfigError(f"preset {name!r} extends {base!r}, which extends it back; break the cycle")
+        raise ConfigError(f"preset {echo(name)} extends {echo(base)}, which extends it back; break the cycle")
     return [*preset_layers(str(base), (*_children, name)), data]
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
     """'train.lr=1e-4' -> (['train', 'lr'], 0.0001). Values are parsed as YAML scalars/lists."""
+    if len(text) > MAX_OVERRIDE_CHARS:  # before the YAML parser, which would take minutes over megabytes
+        raise ConfigError(f"override {echo(text)} is longer than {MAX_OVERRIDE_CHARS:,} characters; "
+                          "put large values in a --config file")
     if "=" not in text:
-        raise ConfigError(f"override {text!r} must look like section.key=value (e.g. train.lr=1e-4)")
+        raise ConfigError(f"override {echo(text)} must look like section.key=value (e.g. train.lr=1e-4)")
     dotted, raw = text.split("=", 1)
     if not dotted or any(not part for part in dotted.split(".")):
-        raise ConfigError(f"override {text!r}: empty key")
+        raise ConfigError(f"override {echo(text)}: empty key")
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = load_yaml(raw) if raw != "" else ""
+    except ConfigError as err:
+        raise ConfigError(f"override {echo(text)}: {err}") from None
     except yaml.YAMLError:
         value = raw
     # YAML reads 1e-4 as a string (no dot); numbers are what users mean.
@@ -412,7 +511,7 @@ def _nest(path: list[str], value: Any) -> dict:
 
 
 def resolve_preset_name(name: str) -> str:
-    """'auto' -> the preset that fits the detected GPU; 'tiny' without one."""
+    """'auto' -> the preset that fits the detected GPU; the CPU's default job (tiny-focus) without one."""
     if name != "auto":
         return name
     from .memory import auto_preset  # the memory plan owns the VRAM tiers
@@ -512,7 +611,7 @@ def validate(cfg: Config) -> None:
     _require(cfg.output.log_every > 0, f"output.log_every must be > 0, got {cfg.output.log_every}")
     _require(cfg.memory.embed_cache_size >= 0, f"memory.embed_cache_size must be >= 0, got {cfg.memory.embed_cache_size}")
     _require(DEVICE.match(cfg.reward.device) is not None,
-             f"reward.device must be cpu, cuda or cuda:N, got {cfg.reward.device!r}")
+             f"reward.device must be cpu, cuda or cuda:N, got {echo(cfg.reward.device)}")
     _require(s.resolution % 16 == 0, f"sampling.resolution must be a multiple of 16, got {s.resolution}")
     _require(s.num_steps >= 2, f"sampling.num_steps must be >= 2, got {s.num_steps}")
     _require(t.train_steps <= s.num_steps, f"train.train_steps ({t.train_steps}) exceeds sampling.num_steps ({s.num_steps})")
@@ -548,7 +647,7 @@ def validate(cfg: Config) -> None:
     _require(len(cfg.prompts.eval_seeds) > 0, "prompts.eval_seeds must list at least one seed")
     src = cfg.prompts.source
     if src.endswith(".txt"):
-        _require(Path(src).is_file(), f"prompts.source {src!r} does not exist; give a .txt file with one prompt per line")
+        _require(Path(src).is_file(), f"prompts.source {echo(src)} does not exist; give a .txt file with one prompt per line")
     if cfg.model.name_or_path != "world" and cfg.model.name_or_path.startswith(("/", "./", "../")):
         _require(Path(cfg.model.name_or_path).is_dir(),
-                 f"model.name_or_path {cfg.model.name_or_path!r} is not a directory; give a diffusers model dir or a hub id")
+                 f"model.name_or_path {echo(cfg.model.name_or_path)} is not a directory; give a diffusers model dir or a hub id")

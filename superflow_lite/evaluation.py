@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -13,11 +14,21 @@ from .rewards.base import Reward
 from .rollout import decode_images, initial_noise, make_schedule, sample_trajectories
 
 
+class EvaluationStopped(Exception):
+    """A stop was requested during an evaluation: it is abandoned between micro-batches (an
+    evaluation of the default job takes minutes) and nothing of it is written."""
+
+
+def never() -> bool:
+    return False
+
+
 @torch.no_grad()
 def generate(pipe, transformer, encoder: PromptEncoder, prompts: list[str], seeds: list[int],
              resolution: int, num_steps: int, guidance_scale: float, micro_batch: int,
-             vae_decode: str = "full") -> list:
-    """ODE samples, one image per (prompt, seed); each seed fixes its own initial noise."""
+             vae_decode: str = "full", stop_requested: Callable[[], bool] = never) -> list:
+    """ODE samples, one image per (prompt, seed); each seed fixes its own initial noise.
+    Raises EvaluationStopped when stop_requested() turns true (checked per micro-batch)."""
     device = encoder.device
     schedule = make_schedule(pipe.scheduler, num_steps, noise_level=0.0)
     channels = transformer.config.in_channels if hasattr(transformer, "config") else pipe.transformer.config.in_channels
@@ -25,6 +36,8 @@ def generate(pipe, transformer, encoder: PromptEncoder, prompts: list[str], seed
     uncond = encoder.negative()
     images = []
     for start in range(0, len(prompts), micro_batch):
+        if stop_requested():
+            raise EvaluationStopped(f"stopped after {start} of {len(prompts)} evaluation images")
         chunk_prompts, chunk_seeds = prompts[start:start + micro_batch], seeds[start:start + micro_batch]
         noise = torch.cat([initial_noise(1, channels, size, torch.Generator().manual_seed(s), device) for s in chunk_seeds])
         cond = encoder.encode(chunk_prompts).to(device, torch.float32)
@@ -36,10 +49,12 @@ def generate(pipe, transformer, encoder: PromptEncoder, prompts: list[str], seed
 
 def evaluate_and_save(pipe, transformer, encoder: PromptEncoder, reward: Reward, prompts: list[str],
                       seeds: list[int], out_dir: Path, *, resolution: int, num_steps: int,
-                      guidance_scale: float, micro_batch: int, vae_decode: str = "full") -> dict[str, float]:
+                      guidance_scale: float, micro_batch: int, vae_decode: str = "full",
+                      stop_requested: Callable[[], bool] = never) -> dict[str, float]:
     pairs = [(p, s) for p in prompts for s in seeds]
     all_prompts, all_seeds = [p for p, _ in pairs], [s for _, s in pairs]
-    images = generate(pipe, transformer, encoder, all_prompts, all_seeds, resolution, num_steps, guidance_scale, micro_batch, vae_decode)
+    images = generate(pipe, transformer, encoder, all_prompts, all_seeds, resolution, num_steps, guidance_scale,
+                      micro_batch, vae_decode, stop_requested)
     scored = reward(images, all_prompts)
     out_dir.mkdir(parents=True, exist_ok=True)
     index = []

@@ -22,11 +22,12 @@ from peft.tuners.lora import LoraLayer
 from peft.utils import get_peft_model_state_dict
 from safetensors.torch import save_file
 
-from .rundir import atomic_dir
+from .rundir import LORA_CARD, LORA_COMFYUI_DIR, LORA_FILE, LORA_PEFT_DIR, atomic_dir
 
-DIFFUSERS_FILE = "pytorch_lora_weights.safetensors"
-PEFT_DIR = "peft"
-COMFYUI_DIR = "comfyui"
+# The names are the run contract's (rundir.LORA_PARTS): a resume re-exports an incomplete LoRA.
+DIFFUSERS_FILE = LORA_FILE
+PEFT_DIR = LORA_PEFT_DIR
+COMFYUI_DIR = LORA_COMFYUI_DIR
 # ComfyUI maps SD3 LoRA keys named after the diffusers module path with this prefix
 # (OneTrainer's layout; comfy/lora.py, model_lora_keys_unet) onto its MMDiT weights,
 # and reads each module's strength as <key>.alpha / rank.
@@ -54,7 +55,7 @@ def export_lora(transformer: torch.nn.Module, lora_config: LoraConfig, out_dir: 
         (tmp / COMFYUI_DIR).mkdir()
         save_file(comfyui_state(transformer), str(tmp / COMFYUI_DIR / f"{name}.safetensors"),
                   metadata=comfyui_metadata(lora_config))
-        (tmp / "README.md").write_text(card)
+        (tmp / LORA_CARD).write_text(card)
     return out_dir / DIFFUSERS_FILE
 
 

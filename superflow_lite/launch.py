@@ -2,18 +2,22 @@
 or touched. A failure raises UsageError (or ConfigError) with one line naming what is
 wrong and what to do; the CLI prints it and exits 2, having created and changed nothing.
 
-    gate(args) = config (types, ranges, finite numbers, keys at every depth)
-               + the run folder (new: free and writable; resume: a run, idle, readable,
-                 with a checkpoint whose LoRA has the configured shape)
+    gate(args) = config (types, ranges, finite numbers, keys at every depth; YAML aliases
+                 and lengths bounded)
+               + the run folder (new: free and writable; resume: a run with a whole
+                 config.yaml, idle, not finished unless its LoRA needs exporting, with a
+                 checkpoint whose LoRA has the configured shape)
                + the machine (CUDA for the device, quantization and xformers), and the
                  model in the cache when offline
-               + the rewards, built with their options, and the prompts, loaded and read
-                 by the reward that will score them
+               + the rewards, built with their options (each type-checked) and a finite,
+                 non-empty declared range, and the prompts, loaded and read by the reward
+                 that will score them
                + the LoRA targets, matched against the model's module names
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import importlib.util
 import json
@@ -22,9 +26,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import Config, ConfigError, apply_overrides, build_config, config_from_dict, read_config_file
+from .config import (Config, ConfigError, apply_overrides, build_config, config_from_dict, echo, read_config_file,
+                     shorten)
 from .rundir import (CONFIG_FILE, DONE, LAUNCH_FILES, has_trained, intact_checkpoints, latest_checkpoint_iteration,
-                     list_checkpoints, read_status, writer_alive)
+                     list_checkpoints, lora_needs_export, read_status, writer_alive)
 
 
 class UsageError(Exception):
@@ -44,34 +49,61 @@ class Launch:
     run_path: Path
     resume: bool
     resume_from: int | None = None  # the checkpoint's iteration (None: none yet, start from 0)
+    export_only: bool = False  # every iteration is done: the resume only writes the missing LoRA
 
 
 def resolve(args: argparse.Namespace) -> tuple[Config, Path]:
     """The config and the run directory this invocation means (config checks only)."""
-    if args.resume:
+    check_path_flags(args)
+    if args.resume is not None:
         return resolve_resume(args)
     cfg = build_config(args.preset, args.config, args.overrides)
     if not cfg.output.name:
         cfg.output.name = f"{cfg.preset}-{cfg.algorithm}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_path = Path(args.output) if args.output else Path(cfg.output.root) / cfg.output.name
+    run_path = Path(args.output) if args.output is not None else Path(cfg.output.root) / cfg.output.name
     return cfg, run_path
+
+
+def check_path_flags(args: argparse.Namespace) -> None:
+    """An empty path (--output '', a script's unset variable) is a mistake, not "no flag":
+    read as absent it would put the run, or take its config, somewhere the user did not say."""
+    for flag, what in (("output", "a folder for the run, or leave --output out for <output.root>/<output.name>"),
+                       ("resume", "a run directory such as runs/<name>"),
+                       ("config", "a YAML file, or leave --config out")):
+        value = getattr(args, flag, None)
+        if value is not None and not value.strip():
+            raise UsageError(f"--{flag} is empty; give {what}")
 
 
 def resolve_resume(args: argparse.Namespace) -> tuple[Config, Path]:
     run_path = Path(args.resume)
     where = f"--resume {args.resume}"
-    if args.config or args.preset != "auto" or args.output:
+    if args.config is not None or args.preset != "auto" or args.output is not None:
         raise UsageError("--resume takes the run's own config.yaml; pass changes as key=value overrides instead")
     if not run_path.is_dir():
         raise UsageError(f"{where}: no such directory; give a run directory such as runs/<name>")
     if not (run_path / CONFIG_FILE).is_file():
+        if has_trained(run_path):  # a run (status, checkpoints) whose config.yaml was deleted
+            raise UsageError(f"{where}: its config.yaml is missing; restore it from a copy, or start a new run")
         raise UsageError(f"{where}: no config.yaml there; give a run directory such as runs/<name>")
     try:
-        cfg = config_from_dict(read_config_file(run_path / CONFIG_FILE, "the run's config"))
+        cfg = config_from_dict(read_run_config(run_path / CONFIG_FILE))
     except ConfigError as err:
         raise UsageError(f"{where}: its config.yaml is broken: {err}. Restore it, or start a new run") from None
     apply_overrides(cfg, args.overrides)
     return cfg, run_path
+
+
+def read_run_config(path: Path) -> dict:
+    """A run's config.yaml, which the trainer writes whole: every section must be there. An
+    empty or cut file would otherwise resume the run with default settings in their place."""
+    data = read_config_file(path, "the run's config")
+    if not data:
+        raise ConfigError("it is empty")
+    missing = [f.name for f in dataclasses.fields(Config) if f.name not in data]
+    if missing:
+        raise ConfigError(f"it lacks {', '.join(missing)} (a run's config.yaml holds every section)")
+    return data
 
 
 # ---------------------------------------------------------------------- the run folder
@@ -95,8 +127,9 @@ def check_new_run(run_path: Path) -> None:
 
 
 def check_resume(cfg: Config, run_path: Path, shapes: dict[str, tuple[int, ...]] | None) -> int | None:
-    """The run is idle, not already finished at this length, and its checkpoint fits the
-    config. Returns the iteration it continues from (None: no checkpoint, from 0)."""
+    """The run is idle, not already finished at this length (unless its LoRA needs exporting),
+    and its checkpoint fits the config. Returns the iteration it continues from (None: no
+    checkpoint, from 0)."""
     where = f"--resume {run_path}"
     if writer_alive(run_path):
         pid = (read_status(run_path) or {}).get("pid")
@@ -107,13 +140,19 @@ def check_resume(cfg: Config, run_path: Path, shapes: dict[str, tuple[int, ...]]
     if list_checkpoints(run_path) and at is None:
         raise UsageError(f"{where}: every checkpoint in it is damaged; there is nothing intact to resume from")
     status = read_status(run_path) or {}
-    if at is not None and at >= cfg.train.iterations:
+    if at is not None and at >= cfg.train.iterations and not needs_export_only(cfg, run_path, at):
         state = "done" if status.get("state") == DONE else f"at iteration {at}"
         raise UsageError(f"{where}: the run is {state} ({at}/{cfg.train.iterations} iterations); "
                          "raise train.iterations to continue it")
     if at is not None:
         check_checkpoint_shapes(run_path, intact_checkpoints(run_path)[0], shapes, cfg)
     return at
+
+
+def needs_export_only(cfg: Config, run_path: Path, at: int | None) -> bool:
+    """Every iteration is done but the LoRA is not all there (a kill during the final export):
+    a resume exports it from the last checkpoint, which holds the final weights."""
+    return at is not None and at == cfg.train.iterations and lora_needs_export(run_path)
 
 
 def check_checkpoint_shapes(run_path: Path, checkpoint: Path, shapes: dict[str, tuple[int, ...]] | None,
@@ -219,7 +258,7 @@ def check_rewards_and_prompts(cfg: Config) -> None:
             prompt, why = problems[0]
             raise UsageError(
                 f"{key}: the {reward.name!r} reward cannot score {len(problems)} of its {len(split)} prompts, "
-                f"e.g. {prompt!r} ({why}); give prompts written for it, or another reward")
+                f"e.g. {echo(prompt)} ({shorten(why, 200)}); give prompts written for it, or another reward")
 
 
 # ---------------------------------------------------------------------- LoRA targets
@@ -299,7 +338,7 @@ def gate(args: argparse.Namespace) -> Launch:
     the main process's (its checks would race with the main creating it, and a new run's
     timestamped name is the main's to choose), and the main's failing check ends them all."""
     cfg, run_path = resolve(args)
-    resume = bool(args.resume)
+    resume = args.resume is not None
     if not is_main_process():
         return Launch(cfg, run_path, resume)
     if not resume:
@@ -315,4 +354,4 @@ def gate(args: argparse.Namespace) -> Launch:
     from .tracking import require_tracker
 
     require_tracker(cfg.output.report_to)
-    return Launch(cfg, run_path, resume, resume_from)
+    return Launch(cfg, run_path, resume, resume_from, export_only=resume and needs_export_only(cfg, run_path, resume_from))

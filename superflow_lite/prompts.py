@@ -4,7 +4,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import ConfigError, PromptsConfig
+from .config import ConfigError, PromptsConfig, echo
+
+# Longer than any prompt the text encoders read: T5 stops at 512 tokens (MAX_T5_TOKENS) of
+# at most ~16 characters each. A longer line is a file that is not a prompt list (a log, a
+# data dump), and echoing it whole would make a ten-megabyte error message.
+MAX_PROMPT_CHARS = 10_000
 
 
 @dataclass
@@ -36,6 +41,10 @@ def read_prompt_file(path: str | Path, key: str) -> list[str]:
         lines = p.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError:
         raise ConfigError(f"{key} {str(p)!r} is not UTF-8 text; save it as UTF-8, one prompt per line") from None
+    for number, line in enumerate(lines, 1):
+        if len(line) > MAX_PROMPT_CHARS:
+            raise ConfigError(f"{key} {str(p)!r}: line {number} is {len(line):,} characters long, more than the "
+                              f"{MAX_PROMPT_CHARS:,} a prompt can use ({echo(line.strip())}); write one prompt per line")
     prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
     if not prompts:
         raise ConfigError(f"{key} {str(p)!r} holds no prompts; write one prompt per line")

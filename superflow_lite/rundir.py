@@ -44,6 +44,12 @@ SAMPLES_DIR = "samples"
 CHECKPOINTS_DIR = "checkpoints"
 LORA_DIR = "lora"
 LORA_FILE = "pytorch_lora_weights.safetensors"
+LORA_PEFT_DIR = "peft"
+LORA_COMFYUI_DIR = "comfyui"
+LORA_CARD = "README.md"
+# Inside lora/: what an export writes, all of it or (a crash) none of it.
+LORA_PARTS = (LORA_FILE, f"{LORA_PEFT_DIR}/adapter_model.safetensors", f"{LORA_PEFT_DIR}/adapter_config.json",
+              LORA_CARD)
 LOCK_FILE = ".lock"
 LAUNCH_FILE = "launch.json"
 EXIT_FILE = "exit.json"
@@ -351,6 +357,25 @@ def read_samples(path: str | Path, step: int) -> list[dict]:
 def lora_file(path: str | Path) -> Path | None:
     f = Path(path) / LORA_DIR / LORA_FILE
     return f if f.is_file() else None
+
+
+def lora_complete(path: str | Path) -> bool:
+    """lora/ holds every format an export writes (the ComfyUI file is named after the run)."""
+    lora = Path(path) / LORA_DIR
+    return all((lora / part).is_file() for part in LORA_PARTS) and any((lora / LORA_COMFYUI_DIR).glob("*.safetensors"))
+
+
+def export_interrupted(path: str | Path) -> bool:
+    """A LoRA export was killed while building its folder aside (atomic_dir's .lora.<pid>.tmp,
+    its process gone): lora/, if there, is an older export than the run's last one."""
+    path = Path(path)
+    return any(item.is_dir() and (pid := _pid_of_temp(item.name)) is not None and not process_alive(pid)
+               for item in path.glob(f".{LORA_DIR}.*{TMP_SUFFIX}"))
+
+
+def lora_needs_export(path: str | Path) -> bool:
+    """The run's LoRA is missing, incomplete or older than its last export attempt."""
+    return not lora_complete(path) or export_interrupted(path)
 
 
 def is_run_dir(path: str | Path) -> bool:

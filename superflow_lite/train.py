@@ -19,7 +19,7 @@ import os
 import sys
 import traceback
 
-from .config import ConfigError, to_yaml
+from .config import ConfigError, shorten, to_yaml
 from .launch import Launch, UsageError, gate, is_main_process, resolve
 from .rundir import (EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_RUN_FAILED, FAILED, RUNNING, STARTING, STOPPED,
                      Heartbeat, RunDir, clean_temp_files, latest_checkpoint_iteration)
@@ -77,8 +77,12 @@ def setup_logging(log_file) -> None:
     log.propagate = False
 
 
+# An error line longer than this is cut: whatever a message quotes, it stays readable.
+MAX_MESSAGE_CHARS = 1_000
+
+
 def one_line(err: BaseException) -> str:
-    return " ".join(str(err).split())
+    return shorten(" ".join(str(err).split()), MAX_MESSAGE_CHARS)
 
 
 def _write_status_quietly(run: RunDir, **fields) -> None:
@@ -114,7 +118,7 @@ def _train_locked(launch: Launch, run: RunDir, progress: bool) -> int:
     from .console import hide_loading_bars
     from .export import loading_snippet
     from .rewards.base import NonFiniteReward
-    from .trainer import StopRequested, Trainer
+    from .trainer import StopRequested, Trainer, TrainingDiverged
 
     cfg = launch.cfg
     clean_temp_files(run.path)
@@ -126,6 +130,9 @@ def _train_locked(launch: Launch, run: RunDir, progress: bool) -> int:
     run.write_status(state=STARTING, iterations=cfg.train.iterations, name=run.path.name, error=None, **start)
     log.info("run directory %s (preset %s, algorithm %s, base model %s)", run.path, cfg.preset, cfg.algorithm,
              cfg.model.name_or_path)
+    if launch.export_only:
+        log.info("all %d iterations are done but the LoRA is missing or incomplete: exporting it from the last "
+                 "checkpoint", cfg.train.iterations)
     # Before the model loads: a stop or a watcher's liveness check may come at any time.
     stop = StopRequested()
     stop.install()
@@ -143,6 +150,9 @@ def _train_locked(launch: Launch, run: RunDir, progress: bool) -> int:
     except NonFiniteReward as err:
         return _failed(run, err, f"{one_line(err)}. {_what_is_kept(run)}; fix the reward, then resume with "
                                  f"--resume {run.path}")
+    except TrainingDiverged as err:  # a resume would keep the checkpoint's optimizer, learning rate included
+        return _failed(run, err, f"{one_line(err)}. Nothing of it was checkpointed or exported; start a new run "
+                                 "with a lower train.lr")
     except Exception as err:  # the status must say failed, whatever broke
         return _failed(run, err, f"the run failed: {type(err).__name__}: {one_line(err)}")
     try:

@@ -28,7 +28,7 @@ from .checkpoint import load_latest_intact, rng_state, save_checkpoint, set_rng_
 from .config import Config
 from .embeddings import PromptEmbeds, PromptEncoder
 from .ema import LoraEMA
-from .evaluation import evaluate_and_save
+from .evaluation import EvaluationStopped, evaluate_and_save
 from .export import export_lora, model_card
 from .grouping import GroupPlan, GroupSampler
 from .memory import agree_micro_batch, plan_for_config, retry_on_oom, to_rollout_buffer
@@ -43,6 +43,19 @@ from .rundir import RunDir, read_metrics
 from .sde import gaussian_logp, kl_to_reference, sde_step_mean_std
 
 log = logging.getLogger("superflow_lite")
+
+
+# The largest |weight| a LoRA may reach before the run counts as diverged. Its weights start
+# below 1 (A: kaiming-uniform, B: 0) and AdamW moves each by about lr per step, so a sane run
+# (lr <= 1e-3, thousands of steps) stays within a few units (the tiny preset's: 0.54). 1e3 is
+# far beyond that, and far below what a diverging run reaches (train.lr=1e30: 1e30 after one
+# step, then every step non-finite and skipped, ending "done" with a useless LoRA).
+MAX_LORA_WEIGHT = 1e3
+
+
+class TrainingDiverged(RuntimeError):
+    """The LoRA's weights left the range a sane run stays in: the run stops before they are
+    checkpointed or exported."""
 
 
 @dataclass
@@ -454,6 +467,20 @@ class Trainer:
                 count += rows
         return sums, count
 
+    def check_not_diverged(self, iteration: int) -> None:
+        """Raise TrainingDiverged when a LoRA weight is beyond MAX_LORA_WEIGHT (or not finite)."""
+        worst_name, worst = "", 0.0
+        for name, param in self.base_model.named_parameters():
+            if "lora_" in name:
+                largest = param.detach().abs().max().item()
+                if not largest <= worst:  # NaN counts as the worst
+                    worst_name, worst = name, largest
+        if not worst <= MAX_LORA_WEIGHT:
+            raise TrainingDiverged(
+                f"the run diverged at iteration {iteration + 1}: LoRA weight {worst_name} reached |w| = {worst:.3g}, "
+                f"beyond {MAX_LORA_WEIGHT:g} (a sane run stays within a few units); train.lr={self.cfg.train.lr:g} is likely "
+                "too high")
+
     def _sum_over_processes(self, sums: dict[str, float], count: int) -> tuple[dict[str, float], int]:
         """The update's stat sums and count over all processes (every process ends with the same)."""
         if self.accelerator.num_processes == 1:
@@ -504,6 +531,7 @@ class Trainer:
         adv = torch.as_tensor(adv_all, dtype=torch.float32)[rollouts.rows]
         embeds = self.encoder.encode(plan.prompts)
         update_stats = self.update(rollouts, adv, embeds, schedule, steps, iteration)
+        self.check_not_diverged(iteration)
         per_group = [rollouts.unit_rewards[group_of_row == g] for g in range(len(plan.prompts))]
         tracker_stats = self.sampler.update(plan, per_group, drift=update_stats.get("grpo/approx_kl"))
         self.rollouts_total += plan.total_rollouts
@@ -540,6 +568,7 @@ class Trainer:
                 self.run.samples_dir / f"{step:06d}", resolution=cfg.sampling.resolution,
                 num_steps=cfg.sampling.eval_num_steps, guidance_scale=cfg.sampling.eval_guidance_scale,
                 micro_batch=self.sample_micro_batch, vae_decode=cfg.memory.vae_decode,
+                stop_requested=lambda: self.stop.requested,
             )
 
     def export(self, summary: console.RunSummary | None = None) -> Path:
@@ -569,7 +598,14 @@ class Trainer:
             bar.set_description_str(f"evaluating step {step}")
             if bar.disable:
                 log.info(console.eval_started_line(step, num_images))
-            metrics = self.evaluate(step)
+            try:
+                metrics = self.evaluate(step)
+            except EvaluationStopped as err:
+                # A stop must not wait minutes for an evaluation: it is abandoned (no samples,
+                # no eval metrics at this step); the training state it would not change is kept.
+                log.info("stop requested: evaluation at step %d abandoned (%s)", step, err)
+                bar.set_description_str("training")
+                return {}
             baseline = baseline or metrics
             latest = (step, metrics)
             bar.set_description_str("training")
@@ -580,9 +616,11 @@ class Trainer:
         tracking.init(self.accelerator, report_to, run.path, dataclasses.asdict(cfg))
         with logging_redirect_tqdm(loggers=[log]), AsyncRewardScorer(self.reward) as self.scorer:
             if self.iteration == 0 and main:
-                row0 = {"iteration": 0, **evaluate(0)}
-                run.append_metrics(row0)
-                tracking.log_row(self.accelerator, report_to, row0, 0)
+                step0 = evaluate(0)
+                if step0:  # abandoned by a stop: a resume evaluates step 0 again
+                    row0 = {"iteration": 0, **step0}
+                    run.append_metrics(row0)
+                    tracking.log_row(self.accelerator, report_to, row0, 0)
                 bar.reset(total)  # the ETA counts training iterations, not the step-0 evaluation
             while self.iteration < total and not self._stop_agreed():
                 row = self.train_iteration(self.iteration)

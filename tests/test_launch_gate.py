@@ -1,5 +1,5 @@
 """The launch gate: every bad input exits 2 with one `error:` line, creates no run
-directory and leaves an existing run byte for byte as it was."""
+directory and leaves an existing run byte for byte as it was, no file rewritten."""
 from __future__ import annotations
 
 import hashlib
@@ -19,9 +19,10 @@ from superflow_lite.train import main
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def tree_digest(path: Path) -> dict[str, str]:
-    """{relative file: sha256} of everything under `path` (names and bytes)."""
-    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+def tree_digest(path: Path) -> dict[str, tuple[str, int]]:
+    """{relative file: (sha256, mtime in ns)} of everything under `path`: names, bytes, and
+    whether a file was rewritten even with the same bytes."""
+    return {str(p.relative_to(path)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
             for p in sorted(path.rglob("*")) if p.is_file()}
 
 
@@ -40,6 +41,10 @@ def finished_run(tmp_path_factory) -> Path:
 # {file:NAME} = a file prepared below), the message's key words, and an optional change
 # made to the run copy first (a broken config.yaml, a damaged checkpoint, ...).
 TINY = ["--preset", "tiny"]
+REMOTE = [*TINY, "reward.weights={remote: 1.0}"]
+# Seven levels of ten aliases: 10^7 values from a 300-byte line (an alias bomb).
+ALIAS_BOMB = "{a: &a [1,1,1,1,1,1,1,1,1,1], " + ", ".join(
+    f"{x}: &{x} [{', '.join(['*' + y] * 10)}]" for y, x in zip("abcdef", "bcdefg")) + "}"
 CASES = [
     # --- numbers: finite, ranged, typed
     ("lr-1e400", [*TINY, "train.lr=1e400"], "train.lr must be a finite number"),
@@ -75,6 +80,15 @@ CASES = [
     ("section-not-mapping", [*TINY, "train=5"], "train: expected a mapping"),
     ("top-level-section-typo", [*TINY, "outptu={root: x}"], "unknown key 'outptu'"),
     ("no-equals", [*TINY, "train.iterations"], "must look like section.key=value"),
+    # --- bounded parsing: aliases, lengths, numbers too large for a float
+    ("alias-bomb-override", [*TINY, f"reward.options={{shapes: {ALIAS_BOMB}}}"], "expand to more than 100,000 values"),
+    ("alias-bomb-config", [*TINY, "--config", "{file:bomb.yaml}"], "expand to more than 100,000 values"),
+    ("alias-cycle", [*TINY, "reward.options={shapes: &a {x: *a}}"], "refer to themselves"),
+    ("nested-2000-deep", [*TINY, "reward.options={shapes: {x: " + "[" * 2_000 + "1" + "]" * 2_000 + "}}"],
+     "its values nest too deep"),
+    ("override-too-long", [*TINY, "train.lr=" + "1" * 20_000], "is longer than 10,000 characters"),
+    ("override-huge-int", [*TINY, "train.lr=" + "1" * 400], "train.lr must be a finite number"),
+    ("config-too-large", [*TINY, "--config", "{file:huge.yaml}"], "more than a config holds"),
     ("empty-key", [*TINY, "=5"], "empty key"),
     ("empty-key-part", [*TINY, "train..lr=1"], "empty key"),
     ("unknown-flag", [*TINY, "--bogus"], "unrecognized arguments: --bogus"),
@@ -92,6 +106,14 @@ CASES = [
     ("remote-down", [*TINY, "reward.weights={remote: 1.0}",
                      "reward.options={remote: {url: 'http://127.0.0.1:9', retries: 0, timeout: 2}}"],
      "did not answer after 1 attempt"),
+    ("remote-url-int", [*REMOTE, "reward.options={remote: {url: 8000}}"],
+     "reward.options.remote.url: expected str or null, got 8000"),
+    ("remote-timeout-list", [*REMOTE, "reward.options={remote: {url: 'http://127.0.0.1:9', timeout: [1]}}"],
+     "reward.options.remote.timeout: expected float, got [1]"),
+    ("remote-range-empty", [*REMOTE, "reward.options={remote: {url: 'http://127.0.0.1:9', low: 1, high: 1}}"],
+     "declares the range [1, 1]"),
+    ("remote-range-reversed", [*REMOTE, "reward.options={remote: {url: 'http://127.0.0.1:9', low: 2, high: 1}}"],
+     "must be finite with low < high"),
     ("options-for-absent-reward", [*TINY, "reward.options={remote: {url: x}}"], "'remote' is not in reward.weights"),
     ("option-unknown", [*TINY, "reward.options={shapes: {foo: 1}}"], "unknown option 'foo'"),
     ("reward-device-word", [*TINY, "reward.device=gpu"], "reward.device must be cpu, cuda or cuda:N"),
@@ -102,6 +124,8 @@ CASES = [
     ("prompts-empty", [*TINY, "prompts.source={file:empty.txt}"], "holds no prompts"),
     ("prompts-binary", [*TINY, "prompts.source={file:binary.txt}"], "is not UTF-8 text"),
     ("prompts-unparseable", [*TINY, "prompts.source={file:free.txt}"], "the 'shapes' reward cannot score 2 of its 2"),
+    ("prompts-line-5mb", [*TINY, "prompts.source={file:long.txt}"], "line 2 is 5,000,000 characters long"),
+    ("prompts-unparseable-long", [*TINY, "prompts.source={file:wordy.txt}"], "the 'shapes' reward cannot score 1"),
     ("prompts-ocr-for-shapes", [*TINY, "prompts.source=ocr"], "the 'shapes' reward cannot score"),
     ("ocr-on-shapes-prompts", [*TINY, "reward.weights={ocr: 1.0}"], "no text in double quotes"),
     ("test-prompts-missing", [*TINY, "prompts.test_source=missing.txt"], "prompts.test_source 'missing.txt'"),
@@ -132,6 +156,9 @@ CASES = [
     ("output-holds-run", [*TINY, "--output", "{run}"], "already holds a run; resume it"),
     ("output-is-file", [*TINY, "--output", "{file:free.txt}"], "is a file, not a run directory"),
     ("output-not-empty", [*TINY, "--output", "{tmp}/full"], "not a run and not empty"),
+    ("output-empty", [*TINY, "--output", ""], "--output is empty"),
+    ("config-empty-path", [*TINY, "--config", " "], "--config is empty"),
+    ("resume-empty-path", ["--resume", ""], "--resume is empty"),
     # --- resume
     ("resume-missing", ["--resume", "{tmp}/nowhere"], "no such directory"),
     ("resume-not-a-run", ["--resume", "{tmp}/full"], "no config.yaml there"),
@@ -147,6 +174,11 @@ CASES = [
      "rank 8 on 4"),
     ("resume-binary-config", ["--resume", "{run}"], "its config.yaml is broken", "binary-config"),
     ("resume-bad-yaml-config", ["--resume", "{run}"], "its config.yaml is broken", "bad-yaml-config"),
+    ("resume-empty-config", ["--resume", "{run}", "train.iterations=3"], "its config.yaml is broken: it is empty",
+     "empty-config"),
+    ("resume-cut-config", ["--resume", "{run}", "train.iterations=3"], "it lacks model, sampling", "cut-config"),
+    ("resume-list-config", ["--resume", "{run}"], "must hold a mapping of config keys", "list-config"),
+    ("resume-deleted-config", ["--resume", "{run}"], "its config.yaml is missing", "delete-config"),
     ("resume-invalid-config", ["--resume", "{run}"], "its config.yaml is broken: train.lr must be > 0", "bad-config"),
     ("resume-damaged-checkpoints", ["--resume", "{run}", "train.iterations=3"], "every checkpoint in it is damaged",
      "damage-checkpoints"),
@@ -164,6 +196,21 @@ def prepare_files(folder: Path) -> None:
     (folder / "unknown.yaml").write_text("train:\n  learning_rate: 1.0e-4\n")
     (folder / "full").mkdir()
     (folder / "full" / "notes.txt").write_text("mine")
+    (folder / "bomb.yaml").write_text(f"reward:\n  options:\n    shapes: {ALIAS_BOMB}\n")
+    (folder / "wordy.txt").write_text("a photo of a " + "red " * 2_000 + "circle\n")
+
+
+# Written only for the cases that use them (megabytes each).
+LARGE_FILES = {
+    "long.txt": lambda: "a photo of a red circle\n" + "x" * 5_000_000 + "\n",
+    "huge.yaml": lambda: "# padding\n" * 200_000,
+}
+
+
+def prepare_large_files(folder: Path, argv: list[str]) -> None:
+    for name, text in LARGE_FILES.items():
+        if any(f"{{file:{name}}}" in arg for arg in argv):
+            (folder / name).write_text(text())
 
 
 def damage(run: Path, how: str, keep_alive: list) -> None:
@@ -171,6 +218,14 @@ def damage(run: Path, how: str, keep_alive: list) -> None:
         (run / "config.yaml").write_bytes(b"\x00\xff\xfe garbage \x00")
     elif how == "bad-yaml-config":
         (run / "config.yaml").write_text("train: {lr: [\n")
+    elif how == "empty-config":
+        (run / "config.yaml").write_text("")
+    elif how == "cut-config":  # a copy cut short after its first lines
+        (run / "config.yaml").write_text("".join((run / "config.yaml").read_text().splitlines(True)[:2]))
+    elif how == "list-config":
+        (run / "config.yaml").write_text("- train.lr=1e-4\n")
+    elif how == "delete-config":
+        (run / "config.yaml").unlink()
     elif how == "bad-config":
         cfg = yaml.safe_load((run / "config.yaml").read_text())
         cfg["train"]["lr"] = -1.0
@@ -209,6 +264,7 @@ def test_bad_input_exits_2_and_changes_nothing(case, finished_run, tmp_path, mon
     work = tmp_path / "work"
     work.mkdir()
     prepare_files(work)
+    prepare_large_files(work, argv)
     run = tmp_path / "runs" / "existing"
     shutil.copytree(finished_run, run)
     keep_alive: list = []
@@ -232,6 +288,7 @@ def test_bad_input_exits_2_and_changes_nothing(case, finished_run, tmp_path, mon
     assert code == 2, err
     assert err.startswith("error: ") and err.count("\n") == 1, err  # one line, no traceback
     assert message in err, err
+    assert len(err) < 1_000, err[:2_000]  # whatever it quotes, a readable line
     assert out == ""
     assert tree_digest(run) == before_run  # the existing run is byte for byte as it was
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == before_tree  # no new run directory

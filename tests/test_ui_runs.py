@@ -175,6 +175,19 @@ def test_invalid_form_gets_the_cli_message(tmp_path, override):
     assert f"error: {caught.value}" == cli_error(["--preset", "tiny", override])
 
 
+def test_a_huge_or_aliased_override_is_refused_at_once_with_a_short_message(tmp_path):
+    from test_launch_gate import ALIAS_BOMB
+
+    manager = RunManager(tmp_path / "runs", lock_path=tmp_path / "lock")
+    for override in ("train.lr=" + "1" * 5_000_000, "reward.options={shapes: {x: [" + "1, " * 1_000_000 + "1]}}",
+                     f"reward.options={{shapes: {ALIAS_BOMB}}}"):
+        started = time.monotonic()
+        with pytest.raises(ConfigError) as caught:
+            manager.preview("tiny", [override], "x")
+        assert time.monotonic() - started < 5 and len(str(caught.value)) < 500, str(caught.value)[:1_000]
+        assert f"error: {caught.value}" == cli_error(["--preset", "tiny", override])
+
+
 def test_names_stay_inside_the_runs_folder_and_nothing_reaches_a_shell(tmp_path, monkeypatch):
     manager = RunManager(tmp_path / "runs", lock_path=tmp_path / "lock")
     for name in ("../escape", "a/b", ".hidden", "x;rm -rf ~", ""):

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import inspect
+import math
 import numbers
+import typing
 from typing import Callable, Sequence
 
 import numpy as np
@@ -96,7 +98,34 @@ def _construct(name: str, device: str, opts: dict) -> Reward:
         raise ValueError(
             f"reward.options.{name}: unknown option {unknown[0]!r}; valid: {', '.join(valid) or '(none)'}"
         )
-    return cls(device=device, **opts)
+    _check_option_types(cls, name, opts)
+    reward = cls(device=device, **opts)
+    _check_range(name, reward)
+    return reward
+
+
+def _check_range(name: str, reward: Reward) -> None:
+    """The declared range is finite and not empty: scores are mapped onto it (to_unit) for the
+    trackers and the advantages, so low == high or NaN would poison every iteration."""
+    low, high = reward.low, reward.high
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        origin = getattr(reward, "range_origin", None) or f"reward.options.{name}.low and .high"
+        raise ValueError(f"reward {name!r} declares the range [{low:g}, {high:g}] (from {origin}): it must be "
+                         "finite with low < high, since scores are mapped onto it; fix it there")
+
+
+def _check_option_types(cls: type[Reward], name: str, opts: dict) -> None:
+    """Each option against the annotation of the reward's keyword: a wrong type (url: 8000)
+    is one message naming the key and the type, not a traceback from inside the reward."""
+    from ..config import ConfigError, check_type
+
+    hints = typing.get_type_hints(cls.__init__)
+    for key, value in opts.items():
+        if key in hints and hints[key] is not typing.Any:
+            try:
+                check_type(value, hints[key], f"reward.options.{name}.{key}")
+            except ConfigError as err:
+                raise TypeError(str(err)) from None
 
 
 def build_reward(

@@ -134,14 +134,27 @@ class RemoteReward(Reward):
         self.image_format, self.jpeg_quality = image_format, int(jpeg_quality)
         self._opener = _opener_for(self.url)
         self.remote_name: str | None = None
+        self.range_origin = "reward.options.remote.low and .high"  # where the range was declared
         if low is None or high is None:
             # The range must be known now: a weighted sum and the trackers read it before
             # the first batch is scored.
-            info = json.loads(self._request("/info", None))
-            self.remote_name = str(info.get("name", "?"))
-            low = info["low"] if low is None else low
-            high = info["high"] if high is None else high
+            self.remote_name, info_low, info_high = self._info()
+            self.range_origin = f"{self.url}/info"
+            if low is not None or high is not None:
+                self.range_origin += " and reward.options.remote"
+            low = info_low if low is None else low
+            high = info_high if high is None else high
         self.low, self.high = float(low), float(high)
+
+    def _info(self) -> tuple[str, float, float]:
+        """The server's name and declared range, from GET /info; ValueError saying what it answered instead."""
+        body = self._request("/info", None)
+        try:
+            info = json.loads(body)
+            return str(info.get("name", "?")), float(info["low"]), float(info["high"])
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise ValueError(f"remote reward server {self.url}/info answered {body[:80]!r}, not "
+                             '{"name": str, "low": float, "high": float}; is it a superflow_lite reward server?') from None
 
     def _request(self, path: str, body: bytes | None) -> bytes:
         """GET (body None) or POST JSON, retrying connection failures and 5xx answers."""

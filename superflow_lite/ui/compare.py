@@ -17,8 +17,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
+from ..config import load_yaml
 from ..rundir import CONFIG_FILE, LORA_DIR, lora_file
 
 
@@ -126,7 +125,7 @@ class Comparer:
         from ..evaluation import generate
 
         run_path = Path(run_path)
-        cfg = yaml.safe_load((run_path / CONFIG_FILE).read_text())
+        cfg = load_yaml((run_path / CONFIG_FILE).read_text())
         sampling = cfg["sampling"]
         num_steps = int(num_steps or sampling["eval_num_steps"])
         guidance = float(sampling["eval_guidance_scale"] if guidance_scale is None else guidance_scale)

@@ -8,7 +8,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import Config, ConfigError, build_config, parse_override
+from ..config import Config, ConfigError, build_config, echo, parse_override
 
 # Form field -> config key: the settings most runs change.
 COMMON_FIELDS = {
@@ -100,10 +100,10 @@ def parse_extra(text: str) -> list[str]:
         if not line:
             continue
         if line.startswith("-") or "=" not in line:
-            raise ConfigError(f"override {line!r} must look like section.key=value (e.g. train.lr=1e-4)")
+            raise ConfigError(f"override {echo(line)} must look like section.key=value (e.g. train.lr=1e-4)")
         owned = app_owned_key(line)
         if owned:
-            raise ConfigError(f"override {line!r}: the app sets {owned}; "
+            raise ConfigError(f"override {echo(line)}: the app sets {owned}; "
                               "use the run name field (runs live in the app's runs folder)")
         out.append(line)
     return out

@@ -21,7 +21,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import ConfigError, parse_override, to_yaml
+from ..config import ConfigError, echo, parse_override, to_yaml
 from ..rundir import (ACTIVE_STATES, CONSOLE_FILE, EXIT_FILE, FINAL_STATES, LAUNCH_FILE, LORA_DIR, STATUS_FILE,
                       is_our_process, is_run_dir, lora_file, read_json, run_state)
 from .form import app_owned_key
@@ -95,11 +95,11 @@ class RunManager:
         spelling (output.root=..., output={root: ...}, ...): runs stay in the runs folder."""
         for text in overrides:
             if not isinstance(text, str) or text.startswith("-"):
-                raise ConfigError(f"override {text!r} must look like section.key=value (e.g. train.lr=1e-4)")
+                raise ConfigError(f"override {echo(text)} must look like section.key=value (e.g. train.lr=1e-4)")
             parse_override(text)
             owned = app_owned_key(text)
             if owned:
-                raise ConfigError(f"override {text!r}: the app sets {owned}; use the run name field "
+                raise ConfigError(f"override {echo(text)}: the app sets {owned}; use the run name field "
                                   f"(runs live in the app's runs folder {self.root})")
 
     def preview(self, preset: str, overrides: list[str], name: str = "") -> Preview:

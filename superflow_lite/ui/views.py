@@ -35,12 +35,10 @@ def plot_value(columns: dict[str, list], dtypes: dict[str, str]) -> pd.DataFrame
 
 def plan_line(config_yaml: str) -> str:
     """The memory plan's predicted peak for a resolved config (memory.plan_for_config)."""
-    import yaml
-
-    from ..config import config_from_dict
+    from ..config import config_from_dict, load_yaml
     from ..memory import GIB, plan_for_config
 
-    plan = plan_for_config(config_from_dict(yaml.safe_load(config_yaml)))
+    plan = plan_for_config(config_from_dict(load_yaml(config_yaml)))
     fits = "fits" if plan.fits else "does NOT fit"
     text = (f"Memory plan: predicted peak **{plan.peak_bytes / GIB:.2f} GiB** in {plan.peak_phase} "
             f"({fits} {plan.card_gib:.1f} GiB: {plan.card_source}); rollout cap R = {plan.rollout_cap}.")
