@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ..config import ConfigError, parse_override, to_yaml
 from ..rundir import (ACTIVE_STATES, CONSOLE_FILE, EXIT_FILE, FINAL_STATES, LAUNCH_FILE, LORA_DIR, STATUS_FILE,
-                      is_our_process, is_run_dir, lora_file, read_json, run_state)
+                      is_our_process, is_run_dir, latest_checkpoint_iteration, lora_file, read_json, run_state)
 from .form import app_owned_key
 from .runs import RUN_NAME, list_runs
 from .supervise import lock_holder
@@ -160,6 +160,8 @@ class RunManager:
             state = run_state(path)
             if state in ACTIVE_STATES:
                 raise LaunchError(f"run {name!r} is {state}; stop it before resuming")
+            if latest_checkpoint_iteration(path) is None:
+                raise LaunchError(f"run {name!r} has no checkpoint, so there is nothing to resume; launch it again")
             self._refuse_if_busy()
             train_args = ["--resume", str(path), *overrides]
             try:

@@ -288,12 +288,18 @@ def failure_report(path: Path) -> dict:
     elif rc == 2:
         suggestion = exit_2_cause(error)
     elif status.get("state") in ACTIVE_STATES or not status:
-        suggestion = ("The training process died without reporting (killed or crashed). "
-                      + ("Resume continues from the last checkpoint." if latest_checkpoint_iteration(path) is not None
-                         else "It had no checkpoint yet: launch it again."))
+        suggestion = "The training process died without reporting (killed or crashed). " + resume_hint(path)
     else:
-        suggestion = "Read the log tail for the cause; Resume continues from the last checkpoint once it is fixed."
+        suggestion = "Read the log tail for the cause, fix it, then: " + resume_hint(path)
     return {"exit_code": describe_exit(rc), "error": error, "log_tail": log, "suggestion": suggestion}
+
+
+def resume_hint(path: Path) -> str:
+    """What continuing a run means: Resume only where a checkpoint exists to continue from."""
+    at = latest_checkpoint_iteration(path)
+    if at is None:
+        return "It has no checkpoint, so there is nothing to resume: launch it again."
+    return f"Resume continues from the last checkpoint (iteration {at})."
 
 
 # Exit code 2 is bad input; the trainer's status names the exception for what it found

@@ -9,7 +9,7 @@ import gradio as gr
 import pandas as pd
 
 from ..config import ConfigError
-from ..rundir import METRICS_FILE, SAMPLES_DIR, read_metrics, read_status
+from ..rundir import METRICS_FILE, SAMPLES_DIR, latest_checkpoint_iteration, read_metrics, read_status
 from .compare import CompareRefused, Comparer
 from .form import COMMON_FIELDS, LaunchForm, builtin_prompt_sets, preset_values
 from .manager import LaunchError, RunManager
@@ -251,8 +251,10 @@ class Views:
         text, state = progress_markdown(path), display_state(path)
         if state == "failed":
             text += "\n\n" + failure_markdown(path)
-        if state in ("stopped", "done", "failed"):
+        if state in ("stopped", "done", "failed") and latest_checkpoint_iteration(path) is not None:
             text += f"\n\nResume from the command line: `python -m superflow_lite.train --resume {path}`"
+        elif state == "failed":
+            text += "\n\nIt has no checkpoint to resume from: launch it again."
         return text
 
     # ------------------------------------------------------------------ compare
