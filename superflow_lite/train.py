@@ -68,6 +68,7 @@ def setup_logging(log_file) -> None:
     log.handlers.clear()
     console = logging.StreamHandler(sys.stderr)
     console.setFormatter(fmt)
+    console.addFilter(lambda record: not getattr(record, "log_file_only", False))
     console.setLevel(logging.INFO if log_file else logging.WARNING)
     log.addHandler(console)
     if log_file:
@@ -187,7 +188,8 @@ def _what_is_kept(run: RunDir) -> str:
 
 def _failed(run: RunDir, err: BaseException, message: str) -> int:
     _write_status_quietly(run, state=FAILED, error=f"{type(err).__name__}: {one_line(err)}")
-    log.error("%s", message)
+    # The console gets the `error:` line below; a logged copy there would say it twice.
+    log.error("%s", message, extra={"log_file_only": True})
     log.debug("traceback:\n%s", traceback.format_exc())
     print(f"error: {message} (details in {run.log_path})", file=sys.stderr)
     return EXIT_RUN_FAILED
