@@ -95,6 +95,18 @@ def eval_line(step: int, total: int, metrics: dict, baseline: dict | None, split
     return f"eval {step}/{total}: " + ", ".join(parts)
 
 
+def iteration_line(iteration: int, total: int, row: dict) -> str:
+    """`iteration 3/20 rollouts 8 reward 0.4375 loss -1.2e-02 clipfrac 0.000 (4.1s)`, with
+    `kl` only when the run computes it (train.kl_beta > 0): a KL never computed is not 0."""
+    parts = [f"iteration {iteration}/{total}", f"rollouts {row['rollouts/iter']}", f"reward {row['reward/mean']:.4f}"]
+    if row.get("grpo/loss") is not None:
+        parts.append(f"loss {row['grpo/loss']:.2e}")
+    if row.get("grpo/kl") is not None:
+        parts.append(f"kl {row['grpo/kl']:.2e}")
+    parts.append(f"clipfrac {row.get('grpo/clipped', 0.0):.3f} ({row['perf/iter_s']:.1f}s)")
+    return " ".join(parts)
+
+
 def eval_started_line(step: int, num_images: int) -> str:
     return f"evaluating step {step} ({num_images} images) ..."
 

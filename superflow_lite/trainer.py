@@ -365,14 +365,15 @@ class Trainer:
         logp = gaussian_logp(x_next, mu, std)
         loss_pg, stats = clipped_policy_loss(logp, batch["logp_old"][:, step], batch["adv"][:, step_pos], cfg.train.clip_range)
         loss = loss_pg.mean()
-        kl = torch.zeros(())
-        if cfg.train.kl_beta > 0:
+        stats = {k: v.mean() for k, v in stats.items()}
+        if cfg.train.kl_beta > 0:  # at 0 there is no reference pass, so no KL to report (not a KL of 0)
             with torch.no_grad(), adapters_disabled(self.base_model):
                 v_ref = predict_velocity(self.transformer, x, s.timesteps[step], batch["cond"], uncond, cfg.sampling.guidance_scale)
             mu_ref, _ = sde_step_mean_std(x, v_ref, s.sigmas[step], s.sigmas[step + 1], s.sigma_t[step])
             kl = kl_to_reference(mu, mu_ref, s.sigma_t[step]).mean()
             loss = loss + cfg.train.kl_beta * kl
-        return loss, {"loss": loss.detach(), "kl": kl.detach(), **{k: v.mean() for k, v in stats.items()}}
+            stats["kl"] = kl
+        return loss, {"loss": loss.detach(), **{k: v.detach() for k, v in stats.items()}}
 
     def update(self, rollouts: Rollouts, adv: torch.Tensor, embeds: PromptEmbeds, schedule: Schedule,
                steps: list[int], iteration: int) -> dict[str, float]:
@@ -601,9 +602,7 @@ class Trainer:
                 if main:
                     run.write_status(state="running", iteration=self.iteration, iterations=total,
                                      rollouts_total=self.rollouts_total, reward_mean=row["reward/mean"], eta_s=eta)
-                    log.info("iteration %d/%d rollouts %d reward %.4f kl %.2e clipfrac %.3f (%.1fs)",
-                             self.iteration, total, row["rollouts/iter"], row["reward/mean"],
-                             row.get("grpo/kl", 0.0), row.get("grpo/clipped", 0.0), row["perf/iter_s"])
+                    log.info(console.iteration_line(self.iteration, total, row))
         bar.close()
         stopped = self.iteration < total  # the loop ends early only on an agreed stop
         if stopped:

@@ -177,3 +177,19 @@ def test_bitsandbytes_kernel_lookup_is_silent_offline_and_online(offline):
 
     assert "gemm_4bit_forward" in stderr_of("unfiltered")  # the pretence reaches the kernel lookup
     assert stderr_of("filtered").strip() == ""
+
+
+def test_the_iteration_line_says_kl_only_when_the_run_computes_it():
+    from superflow_lite.console import iteration_line
+
+    row = {"rollouts/iter": 8, "reward/mean": 0.4375, "grpo/loss": -0.012, "grpo/clipped": 0.0, "perf/iter_s": 4.1}
+    assert iteration_line(3, 20, row) == "iteration 3/20 rollouts 8 reward 0.4375 loss -1.20e-02 clipfrac 0.000 (4.1s)"
+    assert " kl 2.00e-06 " in iteration_line(3, 20, {**row, "grpo/kl": 2e-6})
+
+
+def test_a_run_without_kl_neither_logs_nor_prints_one(short_run):
+    """tiny has train.kl_beta 0: no reference pass, so no `kl 0.00e+00` and no grpo/kl metric."""
+    out, _, stderr = short_run
+    (line,) = [f for f in fragments(stderr) if re.search(r"INFO iteration 1/1 ", f)]
+    assert " kl " not in line and " loss " in line
+    assert all("grpo/kl" not in row for row in read_metrics(out))
