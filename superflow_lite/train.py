@@ -46,7 +46,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     parser.add_argument("--help-config", action="store_true", help="list every config key with its default and why")
     parser.add_argument("--plan", action="store_true", help="print the memory plan and exit")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar, logs only (also when stderr is not a terminal)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-4")
     # Intermixed: overrides may come before and after options (the app and scripts build argv freely).
     return parser.parse_intermixed_args(argv)
@@ -238,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, UsageError) as err:
         print(f"error: {one_line(err)}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    return run_training(launch, progress=not args.no_progress)
+    # A bar redraws itself with carriage returns: in a file or a pipe each frame stays as a line.
+    return run_training(launch, progress=not args.no_progress and sys.stderr.isatty())
 
 
 if __name__ == "__main__":

@@ -193,3 +193,9 @@ def test_a_run_without_kl_neither_logs_nor_prints_one(short_run):
     (line,) = [f for f in fragments(stderr) if re.search(r"INFO iteration 1/1 ", f)]
     assert " kl " not in line and " loss " in line
     assert all("grpo/kl" not in row for row in read_metrics(out))
+
+
+def test_a_console_redirected_to_a_file_holds_no_progress_bar_frames(short_run):
+    _, _, stderr = short_run  # captured through a pipe, as `> log 2>&1` would
+    assert not [f for f in fragments(stderr) if BAR.match(f)]
+    assert "\r" not in stderr
