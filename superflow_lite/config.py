@@ -225,6 +225,12 @@ class OutputConfig:
     """Iterations between evals (eval samples and eval/ metrics); the last iteration always evaluates."""
     checkpoint_every: int = 5
     """Iterations between checkpoints: at most this many iterations are lost to a crash."""
+    save_lora_every: int = 0
+    """Iterations between intermediate LoRAs in loras/<iteration>/ (lora/'s formats), to pick an earlier
+    step when a later one over-fits the reward; 0 = only the final lora/. A step with no copy left is
+    exported from its checkpoint with `python -m superflow_lite.export RUN --step N`."""
+    keep_loras: int = 0
+    """How many intermediate LoRAs to keep, newest first (each is a few MB to ~100 MB); 0 = all."""
     log_every: int = 1
     """Kept for configs that set it; the trainer logs every iteration."""
     report_to: Literal["none", "tensorboard", "wandb"] = "none"
@@ -490,7 +496,9 @@ def validate(cfg: Config) -> None:
     for key, value in {"train.kl_beta": t.kl_beta, "train.weight_decay": t.weight_decay,
                        "sampling.noise_level": s.noise_level, "superflow.rollout_cap": sf.rollout_cap,
                        "sampling.guidance_scale": s.guidance_scale, "train.train_steps": t.train_steps,
-                       "train.sde_window": t.sde_window, "memory.vram_gib": cfg.memory.vram_gib}.items():
+                       "train.sde_window": t.sde_window, "memory.vram_gib": cfg.memory.vram_gib,
+                       "output.save_lora_every": cfg.output.save_lora_every,
+                       "output.keep_loras": cfg.output.keep_loras}.items():
         _require(value >= 0, f"{key} must be >= 0, got {value}")
     _require(s.max_sequence_length <= MAX_T5_TOKENS,
              f"sampling.max_sequence_length must be <= {MAX_T5_TOKENS} (SD3's T5 limit), got {s.max_sequence_length}")

@@ -135,8 +135,11 @@ class RunSummary:
             if before is not None and after is not None and self.final_step:
                 out.append(f"{words}: {before:.3f} -> {after:.3f} ({after - before:+.3f}, step 0 -> {self.final_step})")
         out.append(f"LoRA: {self.lora_dir}")
-        if self.final_step is not None:
-            out.append(f"samples: {self.samples_dir / f'{0:06d}'} (before) and {self.samples_dir / f'{self.final_step:06d}'} (after)")
+        before = self.samples_dir / f"{0:06d}"
+        if self.final_step:
+            out.append(f"samples: {before} (before) and {self.samples_dir / f'{self.final_step:06d}'} (after)")
+        elif self.final_step == 0:  # stopped before its first evaluation after step 0: there is no "after"
+            out.append(f"samples: {before} (step 0 only; no evaluation ran after it)")
         return out
 
 

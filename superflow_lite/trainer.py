@@ -29,7 +29,7 @@ from .config import Config
 from .embeddings import PromptEmbeds, PromptEncoder
 from .ema import LoraEMA
 from .evaluation import evaluate_and_save
-from .export import export_lora, model_card
+from .export import card_samples, export_lora, model_card
 from .grouping import GroupPlan, GroupSampler
 from .memory import agree_micro_batch, plan_for_config, retry_on_oom, to_rollout_buffer
 from .models import adapters_disabled, add_lora, load_pipeline, lora_parameters, require_bitsandbytes, resolve_device
@@ -544,9 +544,22 @@ class Trainer:
             )
 
     def export(self, summary: console.RunSummary | None = None) -> Path:
+        """The run's LoRA in lora/, its card showing eval samples before and after."""
+        images, samples = card_samples(self.run.path, summary.final_step if summary is not None else None)
         with (self.ema.swapped_in() if self.ema else contextlib.nullcontext()):
-            card = model_card(self.cfg, self.run.path.name, summary)
-            return export_lora(self.base_model, self.lora_config, self.run.lora_dir, card, self.run.path.name)
+            card = model_card(self.cfg, self.run.path.name, summary, samples)
+            return export_lora(self.base_model, self.lora_config, self.run.lora_dir, card, self.run.path.name, images)
+
+    def save_intermediate_lora(self) -> Path:
+        """loras/<iteration>/ in lora/'s formats (output.save_lora_every), keeping the newest
+        output.keep_loras of them."""
+        step, name = self.iteration, self.run.path.name
+        with (self.ema.swapped_in() if self.ema else contextlib.nullcontext()):
+            card = model_card(self.cfg, name, step=step)
+            path = export_lora(self.base_model, self.lora_config, self.run.intermediate_lora_dir(step), card,
+                               f"{name}-{step:06d}")
+        self.run.prune_intermediate_loras(self.cfg.output.keep_loras)
+        return path
 
     def fit(self, progress: bool = True) -> str:
         """Train to cfg.train.iterations (or until a stop is requested). Returns the final state."""
@@ -592,6 +605,8 @@ class Trainer:
                     tracking.log_row(self.accelerator, report_to, row, self.iteration)
                 if self.iteration % cfg.output.checkpoint_every == 0 or self.iteration == total:
                     self.checkpoint()
+                if main and cfg.output.save_lora_every and self.iteration % cfg.output.save_lora_every == 0:
+                    self.save_intermediate_lora()
                 rate = (time.perf_counter() - started) / (self.iteration - first)
                 eta = rate * (total - self.iteration)
                 postfix = {"rollouts": row["rollouts/iter"], "reward": f"{row['reward/mean']:.3f}"}

@@ -199,3 +199,12 @@ def test_a_console_redirected_to_a_file_holds_no_progress_bar_frames(short_run):
     _, _, stderr = short_run  # captured through a pipe, as `> log 2>&1` would
     assert not [f for f in fragments(stderr) if BAR.match(f)]
     assert "\r" not in stderr
+
+
+def test_a_run_stopped_before_any_evaluation_names_step_0_once():
+    """Ctrl-C before the first evaluation after step 0: step 0 is no "after"."""
+    base = {"eval/reward_mean": 0.5}
+    lines = RunSummary("stopped", 2, 20, 16, 9.0, base, base, 0, Path("runs/r/lora"), Path("runs/r/samples")).lines()
+    (samples,) = [line for line in lines if line.startswith("samples:")]
+    assert samples == f"samples: {Path('runs/r/samples/000000')} (step 0 only; no evaluation ran after it)"
+    assert "(after)" not in "\n".join(lines)
