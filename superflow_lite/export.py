@@ -24,6 +24,7 @@ from peft.tuners.lora import LoraLayer
 from peft.utils import get_peft_model_state_dict
 from safetensors.torch import save_file
 
+from .algorithms import ALGORITHM_NAMES
 from .rundir import atomic_dir, read_samples
 
 DIFFUSERS_FILE = "pytorch_lora_weights.safetensors"
@@ -128,9 +129,6 @@ def samples_section(samples: list[tuple[str, str, str]], step: int | None) -> st
     lines = ["## Samples", "", f"| prompt | step 0 (base) | step {step} (with this LoRA) |", "|---|---|---|"]
     lines += [f"| {caption} | ![step 0]({before}) | ![step {step}]({after}) |" for caption, before, after in samples]
     return "\n".join(lines) + "\n\n"
-
-
-ALGORITHM_NAMES = {"superflow": "SuperFlow GRPO", "flow_grpo": "Flow-GRPO"}
 
 
 def card_samples(run_path: Path, step: int | None, count: int = 2) -> tuple[dict[str, Path], list[tuple[str, str, str]]]:

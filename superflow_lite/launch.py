@@ -52,9 +52,10 @@ def resolve(args: argparse.Namespace) -> tuple[Config, Path]:
     if args.resume:
         return resolve_resume(args)
     cfg = build_config(args.preset, args.config, args.overrides)
-    if not cfg.output.name:
-        cfg.output.name = f"{cfg.preset}-{cfg.algorithm}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_path = Path(args.output) if args.output else Path(cfg.output.root) / cfg.output.name
+    # The name stays as given (empty: each run of the same config gets a fresh one, so a
+    # printed or saved config runs twice without colliding); only the path carries it.
+    name = cfg.output.name or f"{cfg.preset}-{cfg.algorithm}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_path = Path(args.output) if args.output else Path(cfg.output.root) / name
     return cfg, run_path
 
 

@@ -39,7 +39,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m superflow_lite.train",
         description="SuperFlow GRPO fine-tuning of flow-matching text-to-image models with LoRA.",
     )
-    parser.add_argument("--preset", default="auto", help="tiny, 12gb, 16gb, 24gb, 48gb, 80gb or auto (default)")
+    from .config import available_presets, task_presets
+
+    parser.add_argument("--preset", default="auto",
+                        help=f"by GPU memory: {', '.join(available_presets())} or auto (default: tiny without a GPU, "
+                             f"else the one that fits); a task's reward and prompts: {', '.join(task_presets())}")
     parser.add_argument("--config", help="a YAML file overlaid on the preset")
     parser.add_argument("--output", help="run directory (default: <output.root>/<output.name>)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest intact checkpoint")

@@ -32,9 +32,9 @@ def free_port() -> int:
 
 
 def form(name: str, iterations: int | None, extra: list[str] = TINY) -> list:
-    """The Launch tab's inputs: preset, name, reward, prompts, prompt file, common fields, more overrides."""
+    """The Launch tab's inputs: preset, algorithm, name, reward, prompts, prompt file, common fields, more overrides."""
     common = {n: None for n in COMMON_FIELDS} | {"iterations": iterations}
-    return ["tiny", name, "", "", None, *common.values(), "\n".join(extra)]
+    return ["tiny", "", name, "", "", None, *common.values(), "\n".join(extra)]
 
 
 def running_app(tmp_path):

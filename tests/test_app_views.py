@@ -38,7 +38,7 @@ def test_exit_2_is_labelled_by_its_real_cause_with_its_whole_text(tmp_path):
 
 
 def form_values(preset: str, extra: str = "") -> list:
-    return [preset, "", "", "", None, *[None] * len(COMMON_FIELDS), extra]
+    return [preset, "", "", "", "", None, *[None] * len(COMMON_FIELDS), extra]
 
 
 def test_preview_of_a_gpu_preset_on_a_cpu_says_it_cannot_launch(tmp_path, monkeypatch):
@@ -149,3 +149,19 @@ def test_plot_ticks_are_written_as_numbers(tmp_path):
     plots = [b for b in demo.blocks.values() if isinstance(b, (gr.LinePlot, gr.ScatterPlot, gr.BarPlot))]
     assert len(plots) == len(PLOT_TITLES)
     assert all(p.x_axis_format == "~g" and p.y_axis_format == "~g" for p in plots)  # 32, not 32.000000
+
+
+def test_the_form_chooses_the_algorithm_and_lists_the_task_presets(tmp_path):
+    from superflow_lite.config import task_presets
+    from superflow_lite.ui.app import preset_choices
+    from superflow_lite.ui.form import algorithm_choices
+
+    assert [v for _, v in algorithm_choices()] == ["", "superflow", "flow_grpo"]
+    assert task_presets() and set(task_presets()) <= set(preset_choices())
+    views = Views(RunManager(tmp_path / "runs", lock_path=tmp_path / "train.lock"))
+    values = form_values("tiny")
+    values[1] = "flow_grpo"
+    message, command, config_yaml = views.preview(*values)
+    assert "algorithm=flow_grpo" in command and "algorithm: flow_grpo" in config_yaml, message
+    values[1] = ""  # as preset: nothing sent
+    assert "algorithm=" not in views.preview(*values)[1]

@@ -10,7 +10,7 @@ from pathlib import Path
 import gradio as gr
 
 from ..config import available_presets
-from .form import COMMON_FIELDS
+from .form import COMMON_FIELDS, algorithm_choices
 from .manager import RunManager
 from .runs import EVAL_PLOT, KL_PLOT, PLOTS
 from .views import PLOT_TITLES, Views
@@ -47,6 +47,13 @@ COMMON_LABELS = {
 INTEGER_FIELDS = {"iterations", "lora_rank", "prompts_per_iter", "rollout_cap", "eval_every", "checkpoint_every", "seed"}
 
 
+def preset_choices() -> list[str]:
+    """The size presets, then the task-* presets (a task's reward and prompts)."""
+    from ..config import task_presets
+
+    return available_presets() + task_presets()
+
+
 def default_preset() -> str:
     """The preset the CLI picks on this machine: tiny without a GPU."""
     from ..config import resolve_preset_name
@@ -56,9 +63,12 @@ def default_preset() -> str:
 
 
 def launch_tab(views: Views, preset: str):
-    reward_info, prompts_info, *values = views.preset_fields(preset)
+    algorithm_info, reward_info, prompts_info, *values = views.preset_fields(preset)
     with gr.Row():
-        preset_dd = gr.Dropdown(available_presets(), value=preset, label="Preset (by GPU memory; tiny = CPU shapes world)")
+        preset_dd = gr.Dropdown(preset_choices(), value=preset, label="Preset (by GPU memory; tiny = CPU shapes world; "
+                                "task-*: a reward's recipe)", elem_id="preset")
+        algorithm_dd = gr.Dropdown(algorithm_choices(), value="", label="Algorithm", info=algorithm_info["info"],
+                                   elem_id="algorithm")
         name_tb = gr.Textbox(label="Run name (empty: <preset>-<algorithm>-<time>)", elem_id="run-name")
         reward_dd = gr.Dropdown(views.reward_choices(), value="", label="Reward", info=reward_info["info"])
     with gr.Row():
@@ -76,8 +86,9 @@ def launch_tab(views: Views, preset: str):
     message = gr.Markdown(elem_id="launch-message")
     command = gr.Code(label="Equivalent command line", language="shell", interactive=False)
     config_yaml = gr.Code(label="Resolved config (config.yaml)", language="yaml", interactive=False)
-    form = [preset_dd, name_tb, reward_dd, prompts_dd, prompts_file, *common, extra_tb]
-    preset_dd.change(views.preset_fields, preset_dd, [reward_dd, prompts_dd, *common], api_visibility="private")
+    form = [preset_dd, algorithm_dd, name_tb, reward_dd, prompts_dd, prompts_file, *common, extra_tb]
+    preset_dd.change(views.preset_fields, preset_dd, [algorithm_dd, reward_dd, prompts_dd, *common],
+                     api_visibility="private")
     preview_btn.click(views.preview, form, [message, command, config_yaml], api_name="preview")
     return form, launch_btn, (message, command, config_yaml)
 

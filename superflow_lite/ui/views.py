@@ -64,7 +64,8 @@ class Views:
         """The preset's own values in the common fields; 'as preset' shows what that means."""
         values = preset_values(preset)
         weights = ", ".join(f"{k}: {v:g}" for k, v in values["reward_weights"].items())
-        return [gr.update(value="", info=f"as preset: {weights}"),
+        return [gr.update(value="", info=f"as preset: {values['algorithm']}"),
+                gr.update(value="", info=f"as preset: {weights}"),
                 gr.update(value="", info=f"as preset: {values['prompts_source']}")] + [values[n] for n in COMMON_NAMES]
 
     def reward_choices(self) -> list[tuple[str, str]]:
@@ -80,9 +81,9 @@ class Views:
 
         return available_rewards()
 
-    def _form(self, preset, name, reward, prompts, prompts_file, *rest) -> LaunchForm:
+    def _form(self, preset, algorithm, name, reward, prompts, prompts_file, *rest) -> LaunchForm:
         common, extra = dict(zip(COMMON_NAMES, rest[:-1])), rest[-1]
-        return LaunchForm(preset=preset, name=(name or "").strip(), reward=reward or "", prompts=prompts or "",
+        return LaunchForm(preset=preset, algorithm=algorithm or "", name=(name or "").strip(), reward=reward or "", prompts=prompts or "",
                           prompts_file=prompts_file or None, common=common, extra=extra or "")
 
     def preview(self, *form_values):
