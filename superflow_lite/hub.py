@@ -96,8 +96,8 @@ def missing_message(missing: list[Missing]) -> str:
             by_why[m.why].append(named)
     what = "; ".join(f"{', '.join(names)}: {why}" for why, names in by_why.items())
     hub = list(dict.fromkeys(m.needed.repo for m in missing if not looks_like_path(m.needed.repo)))
-    fetch = (f"download {'them' if len(hub) > 1 else 'it'} where there is network with "
-             f"`{' && '.join(f'hf download {r}' for r in hub)}` (same cache, or HF_HUB_OFFLINE=1 after), "
+    fetch = (f"fetch {'them' if len(hub) > 1 else 'it'} into the Hugging Face cache this machine uses, "
+             f"where there is network: `{' && '.join(f'hf download {r}' for r in hub)}`; "
              if hub else "")
     settings = ", ".join(dict.fromkeys(m.needed.setting for m in missing))
     return f"cannot load {what}. To fix: {fetch}or set {settings} to a local copy"
