@@ -126,7 +126,7 @@ def clean_temp_files(path: str | Path) -> list[Path]:
     directory that a crash left renamed aside. Returns what was removed."""
     path = Path(path)
     removed = []
-    for folder in (path, path / CHECKPOINTS_DIR):
+    for folder in (path, path / CHECKPOINTS_DIR, path / LORAS_DIR):
         if not folder.is_dir():
             continue
         for item in folder.iterdir():
