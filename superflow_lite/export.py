@@ -138,7 +138,7 @@ def card_samples(run_path: Path, step: int | None, count: int = 2) -> tuple[dict
         return {}, []
     after = {(r.get("prompt"), r.get("seed")): r for r in read_samples(run_path, step)}
     images, rows = {}, []
-    for before in read_samples(run_path, 0):
+    for before in prompts_first(read_samples(run_path, 0)):
         later = after.get((before.get("prompt"), before.get("seed")))
         if later is None or len(rows) == count:
             continue
@@ -146,6 +146,17 @@ def card_samples(run_path: Path, step: int | None, count: int = 2) -> tuple[dict
         images.update({b: Path(before["file"]), a: Path(later["file"])})
         rows.append((f"{before.get('prompt', '')} (seed {before.get('seed', '')})", b, a))
     return images, rows
+
+
+def prompts_first(samples: list[dict]) -> list[dict]:
+    """Each prompt's first sample, then the rest: two seeds of one prompt show less of what a
+    LoRA learnt than two prompts do."""
+    firsts, seen = [], set()
+    for row in samples:
+        if row.get("prompt") not in seen:
+            seen.add(row.get("prompt"))
+            firsts.append(row)
+    return firsts + [r for r in samples if r not in firsts]
 
 
 def model_card(cfg, name: str, summary=None, samples: list[tuple[str, str, str]] | None = None,

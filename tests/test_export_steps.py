@@ -48,6 +48,8 @@ def test_the_model_card_shows_before_and_after_samples(run):
     assert "## Samples" in card and len(images) >= 2
     assert any("step0" in i for i in images) and any("step3" in i for i in images)
     assert all((run / "lora" / i).is_file() for i in images)
+    prompts = re.findall(r"^\| (.+) \(seed \d+\) \|", card, re.M)
+    assert len(prompts) == 2 and prompts[0] != prompts[1]  # two prompts, not one prompt's two seeds
 
 
 def test_export_writes_a_checkpoints_lora_in_every_format(run, capsys):
