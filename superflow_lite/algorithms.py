@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from .config import Config
 
 AdvStd = Literal["global", "group", "residual"]
+# The names people know them by, for the app's selector and the model card.
+ALGORITHM_NAMES = {"superflow": "SuperFlow GRPO", "flow_grpo": "Flow-GRPO"}
 
 
 @dataclass(frozen=True)

@@ -236,6 +236,12 @@ class OutputConfig:
     """Iterations between evals (eval samples and eval/ metrics); the last iteration always evaluates."""
     checkpoint_every: int = 5
     """Iterations between checkpoints: at most this many iterations are lost to a crash."""
+    save_lora_every: int = 0
+    """Iterations between intermediate LoRAs in loras/<iteration>/ (lora/'s formats), to pick an earlier
+    step when a later one over-fits the reward; 0 = only the final lora/. A step with no copy left is
+    exported from its checkpoint with `python -m superflow_lite.export RUN --step N`."""
+    keep_loras: int = 0
+    """How many intermediate LoRAs to keep, newest first (each is a few MB to ~100 MB); 0 = all."""
     log_every: int = 1
     """Kept for configs that set it; the trainer logs every iteration."""
     report_to: Literal["none", "tensorboard", "wandb"] = "none"
@@ -436,6 +442,11 @@ def available_presets() -> list[str]:
     return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml") if not p.stem.startswith("task-"))
 
 
+def task_presets() -> list[str]:
+    """The task-* presets: a task's reward and prompts (and what they need changed) on the defaults."""
+    return sorted(p.stem for p in PRESETS_DIR.glob("task-*.yaml"))
+
+
 def _read_yaml(path: Path, what: str) -> dict:
     if not path.is_file():
         raise ConfigError(f"{what} {str(path)!r} does not exist; check the path")
@@ -529,11 +540,22 @@ def build_config(
         _merge_into(cfg, layer)
     if config_file:
         _merge_into(cfg, _read_yaml(Path(config_file), "config file"))
-    for text in overrides or []:
-        path, value = parse_override(text)
-        _merge_into(cfg, _nest(path, value))
+    merge_overrides(cfg, overrides or [])
     validate(cfg)
     return cfg
+
+
+def merge_overrides(cfg: Config, overrides: list[str]) -> None:
+    """Apply dotted overrides in order; a bad one (its form, key or type) does not hide the
+    next: every one is reported, in one ConfigError."""
+    problems = []
+    for text in overrides:
+        try:
+            path, value = parse_override(text)
+            _merge_into(cfg, _nest(path, value))
+        except ConfigError as err:
+            problems.append(str(err))
+    _require(not problems, "; ".join(problems))
 
 
 def config_from_dict(data: dict) -> Config:
@@ -545,9 +567,7 @@ def config_from_dict(data: dict) -> Config:
 
 def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
     """Dotted key=value overrides onto a resolved config (a resume's changes), validated."""
-    for text in overrides:
-        path, value = parse_override(text)
-        _merge_into(cfg, _nest(path, value))
+    merge_overrides(cfg, overrides)
     validate(cfg)
     return cfg
 
@@ -593,16 +613,17 @@ def validate(cfg: Config) -> None:
         "output.eval_every": cfg.output.eval_every, "output.checkpoint_every": cfg.output.checkpoint_every,
         "prompts.num_eval_prompts": cfg.prompts.num_eval_prompts,
     }
-    for key, value in positive.items():
-        _require(value > 0, f"{key} must be > 0, got {value}")
-    for key, value in {"train.lr": t.lr, "train.clip_range": t.clip_range, "train.adv_clip": t.adv_clip,
-                       "model.lora_alpha": cfg.model.lora_alpha, "train.grad_clip": t.grad_clip}.items():
-        _require(value > 0, f"{key} must be > 0, got {value}")
-    for key, value in {"train.kl_beta": t.kl_beta, "train.weight_decay": t.weight_decay,
+    positive.update({"train.lr": t.lr, "train.clip_range": t.clip_range, "train.adv_clip": t.adv_clip,
+                     "model.lora_alpha": cfg.model.lora_alpha, "train.grad_clip": t.grad_clip})
+    # Every out-of-range value at once: a user fixing one per run would need as many runs.
+    problems = [f"{key} must be > 0, got {value}" for key, value in positive.items() if not value > 0]
+    problems += [f"{key} must be >= 0, got {value}" for key, value in {"train.kl_beta": t.kl_beta, "train.weight_decay": t.weight_decay,
                        "sampling.noise_level": s.noise_level, "superflow.rollout_cap": sf.rollout_cap,
                        "sampling.guidance_scale": s.guidance_scale, "train.train_steps": t.train_steps,
-                       "train.sde_window": t.sde_window, "memory.vram_gib": cfg.memory.vram_gib}.items():
-        _require(value >= 0, f"{key} must be >= 0, got {value}")
+                       "train.sde_window": t.sde_window, "memory.vram_gib": cfg.memory.vram_gib,
+                       "output.save_lora_every": cfg.output.save_lora_every,
+                       "output.keep_loras": cfg.output.keep_loras}.items() if not value >= 0]
+    _require(not problems, "; ".join(problems))
     _require(s.max_sequence_length <= MAX_T5_TOKENS,
              f"sampling.max_sequence_length must be <= {MAX_T5_TOKENS} (SD3's T5 limit), got {s.max_sequence_length}")
     _require(bool(cfg.model.lora_targets), "model.lora_targets is empty: name the modules that get LoRA, e.g. [attn.to_q]")

@@ -96,6 +96,18 @@ def eval_line(step: int, total: int, metrics: dict, baseline: dict | None, split
     return f"eval {step}/{total}: " + ", ".join(parts)
 
 
+def iteration_line(iteration: int, total: int, row: dict) -> str:
+    """`iteration 3/20 rollouts 8 reward 0.4375 loss -1.2e-02 clipfrac 0.000 (4.1s)`, with
+    `kl` only when the run computes it (train.kl_beta > 0): a KL never computed is not 0."""
+    parts = [f"iteration {iteration}/{total}", f"rollouts {row['rollouts/iter']}", f"reward {row['reward/mean']:.4f}"]
+    if row.get("grpo/loss") is not None:
+        parts.append(f"loss {row['grpo/loss']:.2e}")
+    if row.get("grpo/kl") is not None:
+        parts.append(f"kl {row['grpo/kl']:.2e}")
+    parts.append(f"clipfrac {row.get('grpo/clipped', 0.0):.3f} ({row['perf/iter_s']:.1f}s)")
+    return " ".join(parts)
+
+
 def eval_started_line(step: int, num_images: int) -> str:
     return f"evaluating step {step} ({num_images} images) ..."
 
@@ -127,8 +139,11 @@ class RunSummary:
                           else f"{after - before:+.3f}")
                 out.append(f"{words}: {before:.3f} -> {after:.3f} ({detail}, step 0 -> {self.final_step})")
         out.append(f"LoRA: {self.lora_dir}")
-        if self.final_step is not None:
-            out.append(f"samples: {self.samples_dir / f'{0:06d}'} (before) and {self.samples_dir / f'{self.final_step:06d}'} (after)")
+        before = self.samples_dir / f"{0:06d}"
+        if self.final_step:
+            out.append(f"samples: {before} (before) and {self.samples_dir / f'{self.final_step:06d}'} (after)")
+        elif self.final_step == 0:  # stopped before its first evaluation after step 0: there is no "after"
+            out.append(f"samples: {before} (step 0 only; no evaluation ran after it)")
         return out
 
 

@@ -13,6 +13,8 @@ presets' alpha = 2r).
 """
 from __future__ import annotations
 
+import math
+import shutil
 from pathlib import Path
 
 import torch
@@ -22,7 +24,8 @@ from peft.tuners.lora import LoraLayer
 from peft.utils import get_peft_model_state_dict
 from safetensors.torch import save_file
 
-from .rundir import LORA_CARD, LORA_COMFYUI_DIR, LORA_FILE, LORA_PEFT_DIR, atomic_dir
+from .algorithms import ALGORITHM_NAMES
+from .rundir import LORA_CARD, LORA_COMFYUI_DIR, LORA_FILE, LORA_PEFT_DIR, atomic_dir, read_samples
 
 # The names are the run contract's (rundir.LORA_PARTS): a resume re-exports an incomplete LoRA.
 DIFFUSERS_FILE = LORA_FILE
@@ -36,12 +39,19 @@ PEFT_PREFIX = "base_model.model."
 
 
 def export_lora(transformer: torch.nn.Module, lora_config: LoraConfig, out_dir: Path, card: str,
-                name: str | None = None) -> Path:
-    """Write every format into a fresh folder beside out_dir, then swap it in
-    (`rundir.atomic_dir`), so a reader (the app, a user's loader) never sees a half-written
-    LoRA. Returns the diffusers file."""
-    name = name or out_dir.parent.name
+                name: str | None = None, images: dict[str, Path] | None = None) -> Path:
+    """The transformer's LoRA in every format (write_lora_formats). Returns the diffusers file."""
     state = {k: v.detach().float().cpu().contiguous() for k, v in get_peft_model_state_dict(transformer).items()}
+    return write_lora_formats(state, lora_config, out_dir, card, name or out_dir.parent.name, images)
+
+
+def write_lora_formats(state: dict[str, torch.Tensor], lora_config: LoraConfig, out_dir: Path, card: str,
+                       name: str, images: dict[str, Path] | None = None) -> Path:
+    """Write every format of a PEFT LoRA state dict ("<module>.lora_A.weight" keys) into a
+    fresh folder beside out_dir, then swap it in (`rundir.atomic_dir`), so a reader (the app,
+    a user's loader) never sees a half-written LoRA. `images` ({name in the folder: source})
+    are the model card's samples. Returns the diffusers file."""
+    state = {k: v.detach().float().cpu().contiguous() for k, v in state.items()}
     with atomic_dir(out_dir) as tmp:
         StableDiffusion3Pipeline.save_lora_weights(
             save_directory=str(tmp),
@@ -53,8 +63,11 @@ def export_lora(transformer: torch.nn.Module, lora_config: LoraConfig, out_dir: 
         lora_config.save_pretrained(str(tmp / PEFT_DIR))
         save_file(peft_state(state), str(tmp / PEFT_DIR / "adapter_model.safetensors"))
         (tmp / COMFYUI_DIR).mkdir()
-        save_file(comfyui_state(transformer), str(tmp / COMFYUI_DIR / f"{name}.safetensors"),
+        save_file(comfyui_state(state, lora_config), str(tmp / COMFYUI_DIR / f"{name}.safetensors"),
                   metadata=comfyui_metadata(lora_config))
+        for target, source in (images or {}).items():
+            (tmp / target).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, tmp / target)
         (tmp / LORA_CARD).write_text(card)
     return out_dir / DIFFUSERS_FILE
 
@@ -72,15 +85,24 @@ def lora_layers(transformer: torch.nn.Module, adapter: str = "default"):
                    float(module.scaling[adapter]))
 
 
-def comfyui_state(transformer: torch.nn.Module, adapter: str = "default") -> dict[str, torch.Tensor]:
+def lora_scale(lora_config: LoraConfig, rank: int) -> float:
+    """The factor peft applies to up @ down (LoraLayer.scaling): alpha / r, or alpha / sqrt(r)
+    with rsLoRA."""
+    return lora_config.lora_alpha / (math.sqrt(rank) if lora_config.use_rslora else rank)
+
+
+def comfyui_state(state: dict[str, torch.Tensor], lora_config: LoraConfig) -> dict[str, torch.Tensor]:
     """The kohya/ComfyUI layout: <prefix><path_with_underscores>.lora_down/.lora_up/.alpha,
     with alpha = scale * rank so loaders that apply alpha / rank get the trained scale."""
     out = {}
-    for path, down, up, scale in lora_layers(transformer, adapter):
-        key = COMFYUI_PREFIX + path.replace(".", "_")
-        out[f"{key}.lora_down.weight"] = down.detach().float().cpu().contiguous()
-        out[f"{key}.lora_up.weight"] = up.detach().float().cpu().contiguous()
-        out[f"{key}.alpha"] = torch.tensor(scale * down.shape[0], dtype=torch.float32)
+    for key, down in state.items():
+        if not key.endswith(".lora_A.weight"):
+            continue
+        path = key[: -len(".lora_A.weight")]
+        comfy = COMFYUI_PREFIX + path.replace(".", "_")
+        out[f"{comfy}.lora_down.weight"] = down
+        out[f"{comfy}.lora_up.weight"] = state[f"{path}.lora_B.weight"]
+        out[f"{comfy}.alpha"] = torch.tensor(lora_scale(lora_config, down.shape[0]) * down.shape[0], dtype=torch.float32)
     return out
 
 
@@ -101,12 +123,49 @@ def loading_snippet(base_model: str, lora_dir: Path) -> str:
     return f"from diffusers import StableDiffusion3Pipeline\n{load}\npipe.load_lora_weights({str(lora_dir)!r})"
 
 
-ALGORITHM_NAMES = {"superflow": "SuperFlow GRPO", "flow_grpo": "Flow-GRPO"}
+def samples_section(samples: list[tuple[str, str, str]], step: int | None) -> str:
+    """Markdown: each eval prompt's step-0 image beside the same prompt and seed after training."""
+    if not samples:
+        return ""
+    lines = ["## Samples", "", f"| prompt | step 0 (base) | step {step} (with this LoRA) |", "|---|---|---|"]
+    lines += [f"| {caption} | ![step 0]({before}) | ![step {step}]({after}) |" for caption, before, after in samples]
+    return "\n".join(lines) + "\n\n"
 
 
-def model_card(cfg, name: str, summary=None) -> str:
-    """lora/README.md: what the LoRA is, how it was trained and how well, and how to load it.
-    `cfg` is the run's Config, `name` the run's; `summary` a console.RunSummary (None: no run yet)."""
+def card_samples(run_path: Path, step: int | None, count: int = 2) -> tuple[dict[str, Path], list[tuple[str, str, str]]]:
+    """The model card's before/after images: the first `count` eval prompts at step 0 and at
+    `step`, as ({file in the LoRA folder: source}, [(prompt and seed, before file, after file)])."""
+    if not step:
+        return {}, []
+    after = {(r.get("prompt"), r.get("seed")): r for r in read_samples(run_path, step)}
+    images, rows = {}, []
+    for before in prompts_first(read_samples(run_path, 0)):
+        later = after.get((before.get("prompt"), before.get("seed")))
+        if later is None or len(rows) == count:
+            continue
+        b, a = f"samples/{len(rows)}-step0.png", f"samples/{len(rows)}-step{step}.png"
+        images.update({b: Path(before["file"]), a: Path(later["file"])})
+        rows.append((f"{before.get('prompt', '')} (seed {before.get('seed', '')})", b, a))
+    return images, rows
+
+
+def prompts_first(samples: list[dict]) -> list[dict]:
+    """Each prompt's first sample, then the rest: two seeds of one prompt show less of what a
+    LoRA learnt than two prompts do."""
+    firsts, seen = [], set()
+    for row in samples:
+        if row.get("prompt") not in seen:
+            seen.add(row.get("prompt"))
+            firsts.append(row)
+    return firsts + [r for r in samples if r not in firsts]
+
+
+def model_card(cfg, name: str, summary=None, samples: list[tuple[str, str, str]] | None = None,
+               step: int | None = None) -> str:
+    """lora/README.md: what the LoRA is, how it was trained and how well, what it does to the
+    eval prompts (`samples` from card_samples), and how to load it. `cfg` is the run's Config,
+    `name` the run's; `summary` a console.RunSummary (None: no run yet); `step` the iteration
+    of an intermediate LoRA (None: the run's final one)."""
     from .console import metric_words
 
     m = cfg.model
@@ -120,6 +179,8 @@ def model_card(cfg, name: str, summary=None) -> str:
         ("reward", weights),
         ("prompts", f"`{cfg.prompts.source}`"),
     ]
+    if step is not None:
+        rows.append(("iteration", f"{step} (an intermediate LoRA of the run)"))
     if summary is not None:
         rows.append(("iterations", f"{summary.iterations} of {summary.total}, {summary.rollouts} rollouts"))
         for key, words in metric_words(summary.split).items():
@@ -133,9 +194,105 @@ def model_card(cfg, name: str, summary=None) -> str:
     return (
         "\n".join(front + ["---", ""])
         + f"\n# {name}: a LoRA trained with superflow_lite\n\n| | |\n|---|---|\n{table}\n\n"
-        "## Files\n\n"
+        + samples_section(samples or [], summary.final_step if summary is not None else None)
+        + "## Files\n\n"
         f"- `{DIFFUSERS_FILE}`: diffusers, `pipe.load_lora_weights(<this folder>)`\n"
         f"- `{PEFT_DIR}/`: PEFT, `PeftModel.from_pretrained(pipe.transformer, <this folder>/{PEFT_DIR})`\n"
         f"- `{COMFYUI_DIR}/*.safetensors`: one file for ComfyUI and Forge (models/loras), with per-module alpha\n\n"
         "## Load\n\n```python\n" + loading_snippet(m.name_or_path, Path(".")) + "\n```\n"
     )
+
+
+# ---------------------------------------------------------------------- from a checkpoint
+USAGE = """python -m superflow_lite.export RUN_DIR [--step N]
+
+Write a run's LoRA at a checkpointed iteration (default: the newest intact checkpoint) into
+RUN_DIR/loras/<iteration>/, in lora/'s formats: the diffusers file, the PEFT adapter, the
+ComfyUI/Forge file and the model card. Exit codes: 0 written, 2 bad input (the message says
+what to fix)."""
+
+
+class ExportError(Exception):
+    """Bad input: the message says what to fix."""
+
+
+def checkpoint_lora(state: dict, cfg) -> dict[str, torch.Tensor]:
+    """The LoRA a checkpoint holds, as the trainer exports it: the EMA weights when the run
+    keeps an EMA (its shadow follows the LoRA's parameter order, as the state dict does)."""
+    lora = state["lora"]
+    shadow = (state.get("ema") or {}).get("shadow")
+    if cfg.train.ema and shadow is not None:
+        return {key: ema.to(value.dtype) for (key, value), ema in zip(lora.items(), shadow)}
+    return lora
+
+
+def choose_checkpoint(run_path: Path, step: int | None) -> Path:
+    from .rundir import checkpoint_iteration, intact_checkpoints
+
+    intact = intact_checkpoints(run_path)
+    if not intact:
+        raise ExportError(f"{run_path} has no intact checkpoint to export; train it until its first "
+                          "(output.checkpoint_every)")
+    if step is None:
+        return intact[0]
+    by_step = {checkpoint_iteration(p): p for p in intact}
+    if step not in by_step:
+        have = ", ".join(str(s) for s in sorted(by_step))
+        raise ExportError(f"--step {step}: {run_path} has no intact checkpoint at iteration {step} (it has: {have}); "
+                          "to keep LoRAs of more iterations, train with output.save_lora_every")
+    return by_step[step]
+
+
+def run_config(run_path: Path):
+    """The run's Config, from its config.yaml."""
+    from .config import ConfigError, config_from_dict, read_config_file
+    from .rundir import CONFIG_FILE
+
+    if not (run_path / CONFIG_FILE).is_file():
+        raise ExportError(f"{run_path}: no config.yaml there; give a run directory such as runs/<name>")
+    try:
+        return config_from_dict(read_config_file(run_path / CONFIG_FILE, "the run's config"))
+    except ConfigError as err:
+        raise ExportError(f"{run_path}: its config.yaml is broken: {err}") from None
+
+
+def export_checkpoint(run_path: Path, cfg, step: int | None = None) -> Path:
+    """Write the LoRA of `run_path`'s checkpoint at `step` (None: the newest intact one) into
+    loras/<iteration>/. Returns that folder."""
+    from .checkpoint import load_checkpoint
+    from .models import make_lora_config
+    from .rundir import RunDir, checkpoint_iteration
+
+    checkpoint = choose_checkpoint(run_path, step)
+    iteration = checkpoint_iteration(checkpoint)
+    lora = checkpoint_lora(load_checkpoint(checkpoint), cfg)
+    blocks = {int(k.split(".")[1]) for k in lora if k.startswith("transformer_blocks.")}
+    lora_config = make_lora_config(cfg.model, max(blocks) + 1 if blocks else 0)
+    name = run_path.name
+    out = RunDir(run_path).intermediate_lora_dir(iteration)
+    write_lora_formats(lora, lora_config, out, model_card(cfg, name, step=iteration), f"{name}-{iteration:06d}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m superflow_lite.export", usage=USAGE)
+    parser.add_argument("run", type=Path)
+    parser.add_argument("--step", type=int, default=None, help="the checkpoint's iteration (default: the newest)")
+    args = parser.parse_args(argv)
+    try:
+        if not args.run.is_dir():
+            raise ExportError(f"{args.run}: no such run directory; give one such as runs/<name>")
+        cfg = run_config(args.run)
+        out = export_checkpoint(args.run, cfg, args.step)
+    except ExportError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"LoRA written to {out}\nLoad it with:\n\n{loading_snippet(cfg.model.name_or_path, out)}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

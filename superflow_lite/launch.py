@@ -12,6 +12,8 @@ wrong and what to do; the CLI prints it and exits 2, having created and changed 
                + the rewards, built with their options (each type-checked) and a finite,
                  non-empty declared range, and the prompts, loaded and read by the reward
                  that will score them
+               + the base model and every reward's models: local, in the Hugging Face
+                 cache, or downloadable now (hub.py)
                + the LoRA targets, matched against the model's module names
 """
 from __future__ import annotations
@@ -58,9 +60,10 @@ def resolve(args: argparse.Namespace) -> tuple[Config, Path]:
     if args.resume is not None:
         return resolve_resume(args)
     cfg = build_config(args.preset, args.config, args.overrides)
-    if not cfg.output.name:
-        cfg.output.name = f"{cfg.preset}-{cfg.algorithm}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_path = Path(args.output) if args.output is not None else Path(cfg.output.root) / cfg.output.name
+    # The name stays as given (empty: each run of the same config gets a fresh one, so a
+    # printed or saved config runs twice without colliding); only the path carries it.
+    name = cfg.output.name or f"{cfg.preset}-{cfg.algorithm}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_path = Path(args.output) if args.output is not None else Path(cfg.output.root) / name
     return cfg, run_path
 
 
@@ -210,36 +213,40 @@ def check_machine(cfg: Config) -> None:
                              "or use model.attention=sdpa")
 
 
-def check_model(cfg: Config) -> None:
-    """A hub model must be reachable: offline (HF_HUB_OFFLINE) it must be in the cache.
-    Online, a gated or missing repository is only known once the download starts."""
+def check_model_folder(cfg: Config) -> None:
+    """A local folder given as the base model holds a diffusers pipeline."""
     name = cfg.model.name_or_path
-    if name == "world":
-        return
-    if Path(name).is_dir():
-        if not (Path(name) / "model_index.json").is_file():
-            raise UsageError(f"model.name_or_path {name!r} is a folder without a diffusers pipeline (no model_index.json); "
-                             "SD3.5-Medium is gated: accept its licence at "
-                             "https://huggingface.co/stabilityai/stable-diffusion-3.5-medium, download it "
-                             "(huggingface-cli download stabilityai/stable-diffusion-3.5-medium --local-dir DIR) "
-                             "and set model.name_or_path=DIR")
-        return
-    from huggingface_hub import constants, try_to_load_from_cache
+    if Path(name).is_dir() and not (Path(name) / "model_index.json").is_file():
+        raise UsageError(f"model.name_or_path {name!r} is a folder without a diffusers pipeline (no model_index.json); "
+                         "SD3.5-Medium is gated: accept its licence at "
+                         "https://huggingface.co/stabilityai/stable-diffusion-3.5-medium, download it "
+                         "(hf download stabilityai/stable-diffusion-3.5-medium --local-dir DIR) "
+                         "and set model.name_or_path=DIR")
 
-    if not constants.HF_HUB_OFFLINE:
-        return
-    if isinstance(try_to_load_from_cache(name, "model_index.json", revision=cfg.model.revision), str):
-        return
-    raise UsageError(f"model.name_or_path {name!r} is not in the Hugging Face cache and HF_HUB_OFFLINE is set; "
-                     f"download it (huggingface-cli download {name} --local-dir DIR) and set "
-                     "model.name_or_path=DIR, or unset HF_HUB_OFFLINE")
+
+def base_model_needed(cfg: Config) -> list:
+    from .hub import PIPELINE_FILES, Needed
+
+    if cfg.model.name_or_path == "world":  # built in, nothing to fetch
+        return []
+    return [Needed(cfg.model.name_or_path, PIPELINE_FILES, "model.name_or_path", cfg.model.revision)]
+
+
+def check_models(cfg: Config, reward) -> None:
+    """The base model and every reward's models are loadable now: local, cached, or
+    downloadable. All that are not go in one message, with the command that fetches them,
+    so a run never waits for its step-0 evaluation to find a reward model missing."""
+    from .hub import find_missing, missing_message
+
+    check_model_folder(cfg)
+    missing = [m for needed in base_model_needed(cfg) + reward.needed_models() if (m := find_missing(needed))]
+    if missing:
+        raise UsageError(missing_message(missing))
 
 
 # ---------------------------------------------------------------------- rewards and prompts
-def check_rewards_and_prompts(cfg: Config) -> None:
-    """Build the reward as the trainer will (its options checked), load the prompts, and
-    ask the reward whether it can read each one."""
-    from .prompts import load_prompts
+def build_checked_reward(cfg: Config):
+    """Build the reward as the trainer will, its options checked (nothing loaded yet)."""
     from .rewards.base import RewardUnavailable
     from .rewards.registry import build_reward
 
@@ -248,9 +255,15 @@ def check_rewards_and_prompts(cfg: Config) -> None:
             raise UsageError(f"reward.options.{name}: {name!r} is not in reward.weights "
                              f"({', '.join(cfg.reward.weights)}); add it there or drop its options")
     try:
-        reward = build_reward(cfg.reward.weights, cfg.reward.device, cfg.reward.options)
+        return build_reward(cfg.reward.weights, cfg.reward.device, cfg.reward.options)
     except (ValueError, TypeError, RewardUnavailable) as err:
         raise UsageError(f"reward: {err}") from None
+
+
+def check_prompts(cfg: Config, reward) -> None:
+    """Load the prompts and ask the reward whether it can read each one."""
+    from .prompts import load_prompts
+
     prompt_set = load_prompts(cfg.prompts)
     for split, key in ((prompt_set.train, "prompts.source"), (prompt_set.test, "prompts.test_source")):
         problems = [(p, why) for p in split if (why := reward.prompt_problem(p))]
@@ -349,8 +362,9 @@ def gate(args: argparse.Namespace) -> Launch:
         check_machine(cfg)
     except UsageError as err:
         raise MachineUnfit(str(err)) from None
-    check_model(cfg)
-    check_rewards_and_prompts(cfg)
+    reward = build_checked_reward(cfg)
+    check_prompts(cfg, reward)
+    check_models(cfg, reward)
     from .tracking import require_tracker
 
     require_tracker(cfg.output.report_to)

@@ -408,8 +408,11 @@ def plan_for_config(cfg: Config, vram_gib: float | None = None, host_gib: float 
     r_target, r_min = sf.prompts_per_iter * per_prompt[0], sf.prompts_per_iter * per_prompt[1]
     rollout = m.latent_bytes * (s.num_steps + 1) + 4 * s.num_steps + 16  # latents, log-probs, row/group ids
     margin = ALLOCATOR_MARGIN if device == "cuda" else 0.0
+    # On a CPU run there is no GPU: the buffer lies in the same memory as the model, whatever
+    # memory.rollout_buffer says.
+    buffer_device = "cpu" if device == "cpu" else cfg.memory.rollout_buffer
     plan = MemoryPlan(cfg.preset, device, card, card_source, int(card * GIB * (1 - HEADROOM)), static, rollout, 0, 0,
-                      cfg.memory.rollout_buffer, 0, 0, {}, margin, notes=[f"model: {m.source}"])
+                      buffer_device, 0, 0, {}, margin, notes=[f"model: {m.source}"])
     if plan.static_bytes > plan.budget:
         plan.problems.append(f"the resident weights alone need {plan.static_bytes / GIB:.1f} GiB: quantize the transformer, "
                              "offload the text encoders, put the reward on the CPU, or pick a smaller preset")
@@ -464,8 +467,8 @@ def format_plan(cfg: Config, plan: MemoryPlan | None = None) -> str:
         *[f"  {k:56s}{g(v)}  [{plan.static.basis.get(k, '')}]" for k, v in plan.static.items()],
         f"  {'total':56s}{g(plan.static_bytes)}",
         "", f"rollout buffer: R = {plan.rollout_cap} rollouts x {plan.rollout_bytes / 1e6:.2f} MB on {plan.buffer_device}"
-        + ("" if plan.buffer_device == "gpu" else " (pinned host memory)"),
-        f"  {'on the GPU':56s}{g(plan.buffer)}  [counted]",
+        + (" (pinned host memory)" if plan.device == "cuda" and plan.buffer_device == "cpu" else ""),
+        f"  {'in the budget (' + plan.device + ' memory)':56s}{g(plan.buffer)}  [counted]",
         "", f"{'transient peaks (x' + format(1 + plan.margin, '.2f') + ' margin, assumed)':46s}micro-batch    GiB",
     ]
     heads = {"encode": f"encode new prompts ({cfg.superflow.prompts_per_iter} + the empty one)",

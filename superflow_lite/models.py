@@ -337,6 +337,21 @@ def set_attention_backend(transformer: torch.nn.Module, backend: str, device: to
         ) from None
 
 
+def make_lora_config(cfg: ModelConfig, num_layers: int) -> LoraConfig:
+    """The adapter configuration a run trains (and its exports record) for a transformer of
+    `num_layers` blocks."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=cfg.lora_rank,
+        lora_alpha=cfg.lora_alpha,
+        init_lora_weights="gaussian",
+        target_modules=list(cfg.lora_targets),
+        # no dead adapters in the exports: they would never train (dead_lora_modules)
+        exclude_modules=dead_lora_modules({"num_layers": num_layers}) or None,
+    )
+
+
 def add_lora(transformer: torch.nn.Module, cfg: ModelConfig) -> LoraConfig:
     """LoRA adapters on the attention projections; only they train, in float32.
 
@@ -345,16 +360,7 @@ def add_lora(transformer: torch.nn.Module, cfg: ModelConfig) -> LoraConfig:
     weights lose small updates, so the trainable weights are upcast (as diffusers' scripts do).
     On 8-bit / 4-bit layers peft keeps them float32 already.
     """
-    from peft import LoraConfig
-
-    lora_config = LoraConfig(
-        r=cfg.lora_rank,
-        lora_alpha=cfg.lora_alpha,
-        init_lora_weights="gaussian",
-        target_modules=list(cfg.lora_targets),
-        # no dead adapters in the exports: they would never train (dead_lora_modules)
-        exclude_modules=dead_lora_modules(dict(transformer.config)) or None,
-    )
+    lora_config = make_lora_config(cfg, transformer.config["num_layers"])
     transformer.add_adapter(lora_config)
     if cfg.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()

@@ -50,6 +50,7 @@ LORA_CARD = "README.md"
 # Inside lora/: what an export writes, all of it or (a crash) none of it.
 LORA_PARTS = (LORA_FILE, f"{LORA_PEFT_DIR}/adapter_model.safetensors", f"{LORA_PEFT_DIR}/adapter_config.json",
               LORA_CARD)
+LORAS_DIR = "loras"  # intermediate LoRAs, one folder per iteration: loras/000020/
 LOCK_FILE = ".lock"
 LAUNCH_FILE = "launch.json"
 EXIT_FILE = "exit.json"
@@ -131,7 +132,7 @@ def clean_temp_files(path: str | Path) -> list[Path]:
     directory that a crash left renamed aside. Returns what was removed."""
     path = Path(path)
     removed = []
-    for folder in (path, path / CHECKPOINTS_DIR):
+    for folder in (path, path / CHECKPOINTS_DIR, path / LORAS_DIR):
         if not folder.is_dir():
             continue
         for item in folder.iterdir():
@@ -252,6 +253,16 @@ class RunDir:
     samples_dir = property(lambda self: self.path / SAMPLES_DIR)
     checkpoints_dir = property(lambda self: self.path / CHECKPOINTS_DIR)
     lora_dir = property(lambda self: self.path / LORA_DIR)
+
+    def intermediate_lora_dir(self, iteration: int) -> Path:
+        return self.path / LORAS_DIR / f"{iteration:06d}"
+
+    def prune_intermediate_loras(self, keep: int) -> None:
+        """Delete all but the newest `keep` intermediate LoRAs (0: keep every one)."""
+        if keep <= 0:
+            return
+        for old in list_intermediate_loras(self.path)[:-keep]:
+            shutil.rmtree(old)
     lock_path = property(lambda self: self.path / LOCK_FILE)
 
     def create(self) -> None:
@@ -352,6 +363,13 @@ def read_samples(path: str | Path, step: int) -> list[dict]:
     except (OSError, json.JSONDecodeError):
         return []
     return [{**r, "file": str(d / r["file"])} for r in rows]
+
+
+def list_intermediate_loras(path: str | Path) -> list[Path]:
+    """loras/<iteration>/ folders, oldest first (a half-written one is a temp folder, not listed)."""
+    d = Path(path) / LORAS_DIR
+    return sorted((p for p in d.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)) \
+        if d.is_dir() else []
 
 
 def lora_file(path: str | Path) -> Path | None:

@@ -39,14 +39,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m superflow_lite.train",
         description="SuperFlow GRPO fine-tuning of flow-matching text-to-image models with LoRA.",
     )
-    parser.add_argument("--preset", default="auto", help="tiny, 12gb, 16gb, 24gb, 48gb, 80gb or auto (default)")
+    from .config import available_presets, task_presets
+
+    parser.add_argument("--preset", default="auto",
+                        help=f"by GPU memory: {', '.join(available_presets())} or auto (default: tiny without a GPU, "
+                             f"else the one that fits); a task's reward and prompts: {', '.join(task_presets())}")
     parser.add_argument("--config", help="a YAML file overlaid on the preset")
     parser.add_argument("--output", help="run directory (default: <output.root>/<output.name>)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest intact checkpoint")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     parser.add_argument("--help-config", action="store_true", help="list every config key with its default and why")
     parser.add_argument("--plan", action="store_true", help="print the memory plan and exit")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar, logs only (also when stderr is not a terminal)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-4")
     # Intermixed: overrides may come before and after options (the app and scripts build argv freely).
     return parser.parse_intermixed_args(argv)
@@ -68,6 +73,7 @@ def setup_logging(log_file) -> None:
     log.handlers.clear()
     console = logging.StreamHandler(sys.stderr)
     console.setFormatter(fmt)
+    console.addFilter(lambda record: not getattr(record, "log_file_only", False))
     console.setLevel(logging.INFO if log_file else logging.WARNING)
     log.addHandler(console)
     if log_file:
@@ -197,7 +203,8 @@ def _what_is_kept(run: RunDir) -> str:
 
 def _failed(run: RunDir, err: BaseException, message: str) -> int:
     _write_status_quietly(run, state=FAILED, error=f"{type(err).__name__}: {one_line(err)}")
-    log.error("%s", message)
+    # The console gets the `error:` line below; a logged copy there would say it twice.
+    log.error("%s", message, extra={"log_file_only": True})
     log.debug("traceback:\n%s", traceback.format_exc())
     print(f"error: {message} (details in {run.log_path})", file=sys.stderr)
     return EXIT_RUN_FAILED
@@ -246,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, UsageError) as err:
         print(f"error: {one_line(err)}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    return run_training(launch, progress=not args.no_progress)
+    # A bar redraws itself with carriage returns: in a file or a pipe each frame stays as a line.
+    return run_training(launch, progress=not args.no_progress and sys.stderr.isatty())
 
 
 if __name__ == "__main__":

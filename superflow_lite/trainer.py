@@ -29,7 +29,7 @@ from .config import Config
 from .embeddings import PromptEmbeds, PromptEncoder
 from .ema import LoraEMA
 from .evaluation import EvaluationStopped, evaluate_and_save
-from .export import export_lora, model_card
+from .export import card_samples, export_lora, model_card
 from .grouping import GroupPlan, GroupSampler
 from .memory import agree_micro_batch, plan_for_config, retry_on_oom, to_rollout_buffer
 from .models import adapters_disabled, add_lora, load_pipeline, lora_parameters, require_bitsandbytes, resolve_device
@@ -378,14 +378,15 @@ class Trainer:
         logp = gaussian_logp(x_next, mu, std)
         loss_pg, stats = clipped_policy_loss(logp, batch["logp_old"][:, step], batch["adv"][:, step_pos], cfg.train.clip_range)
         loss = loss_pg.mean()
-        kl = torch.zeros(())
-        if cfg.train.kl_beta > 0:
+        stats = {k: v.mean() for k, v in stats.items()}
+        if cfg.train.kl_beta > 0:  # at 0 there is no reference pass, so no KL to report (not a KL of 0)
             with torch.no_grad(), adapters_disabled(self.base_model):
                 v_ref = predict_velocity(self.transformer, x, s.timesteps[step], batch["cond"], uncond, cfg.sampling.guidance_scale)
             mu_ref, _ = sde_step_mean_std(x, v_ref, s.sigmas[step], s.sigmas[step + 1], s.sigma_t[step])
             kl = kl_to_reference(mu, mu_ref, s.sigma_t[step]).mean()
             loss = loss + cfg.train.kl_beta * kl
-        return loss, {"loss": loss.detach(), "kl": kl.detach(), **{k: v.mean() for k, v in stats.items()}}
+            stats["kl"] = kl
+        return loss, {"loss": loss.detach(), **{k: v.detach() for k, v in stats.items()}}
 
     def update(self, rollouts: Rollouts, adv: torch.Tensor, embeds: PromptEmbeds, schedule: Schedule,
                steps: list[int], iteration: int) -> dict[str, float]:
@@ -572,9 +573,22 @@ class Trainer:
             )
 
     def export(self, summary: console.RunSummary | None = None) -> Path:
+        """The run's LoRA in lora/, its card showing eval samples before and after."""
+        images, samples = card_samples(self.run.path, summary.final_step if summary is not None else None)
         with (self.ema.swapped_in() if self.ema else contextlib.nullcontext()):
-            card = model_card(self.cfg, self.run.path.name, summary)
-            return export_lora(self.base_model, self.lora_config, self.run.lora_dir, card, self.run.path.name)
+            card = model_card(self.cfg, self.run.path.name, summary, samples)
+            return export_lora(self.base_model, self.lora_config, self.run.lora_dir, card, self.run.path.name, images)
+
+    def save_intermediate_lora(self) -> Path:
+        """loras/<iteration>/ in lora/'s formats (output.save_lora_every), keeping the newest
+        output.keep_loras of them."""
+        step, name = self.iteration, self.run.path.name
+        with (self.ema.swapped_in() if self.ema else contextlib.nullcontext()):
+            card = model_card(self.cfg, name, step=step)
+            path = export_lora(self.base_model, self.lora_config, self.run.intermediate_lora_dir(step), card,
+                               f"{name}-{step:06d}")
+        self.run.prune_intermediate_loras(self.cfg.output.keep_loras)
+        return path
 
     def fit(self, progress: bool = True) -> str:
         """Train to cfg.train.iterations (or until a stop is requested). Returns the final state."""
@@ -632,6 +646,8 @@ class Trainer:
                     tracking.log_row(self.accelerator, report_to, row, self.iteration)
                 if self.iteration % cfg.output.checkpoint_every == 0 or self.iteration == total:
                     self.checkpoint()
+                if main and cfg.output.save_lora_every and self.iteration % cfg.output.save_lora_every == 0:
+                    self.save_intermediate_lora()
                 rate = (time.perf_counter() - started) / (self.iteration - first)
                 eta = rate * (total - self.iteration)
                 postfix = {"rollouts": row["rollouts/iter"], "reward": f"{row['reward/mean']:.3f}"}
@@ -642,9 +658,7 @@ class Trainer:
                 if main:
                     run.write_status(state="running", iteration=self.iteration, iterations=total,
                                      rollouts_total=self.rollouts_total, reward_mean=row["reward/mean"], eta_s=eta)
-                    log.info("iteration %d/%d rollouts %d reward %.4f kl %.2e clipfrac %.3f (%.1fs)",
-                             self.iteration, total, row["rollouts/iter"], row["reward/mean"],
-                             row.get("grpo/kl", 0.0), row.get("grpo/clipped", 0.0), row["perf/iter_s"])
+                    log.info(console.iteration_line(self.iteration, total, row))
         bar.close()
         stopped = self.iteration < total  # the loop ends early only on an agreed stop
         if stopped:

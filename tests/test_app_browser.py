@@ -43,6 +43,21 @@ def shots_dir(tmp_path: Path) -> Path:
     return shots
 
 
+def assert_images_uncovered(page, gallery: str, count: int) -> None:
+    """Each of the first `count` thumbnails: its caption lies below its image, and the
+    gallery's label badge lies above it, so no text covers any part of an image."""
+    label = page.locator(f"#{gallery} [data-testid='block-label']").first.bounding_box()
+    for i in range(count):
+        thumb = page.locator(f"#{gallery} .thumbnail-item").nth(i)
+        image = thumb.locator("img").first.bounding_box()
+        caption = thumb.locator(".caption-label").first.bounding_box()
+        image_bottom = image["y"] + image["height"]
+        assert caption["y"] >= image_bottom - 1, (gallery, i, image, caption)
+        assert image["width"] > 50 and abs(image["height"] - image["width"]) <= 2, (gallery, i, image)  # square, whole
+        if label is not None and label["x"] < image["x"] + image["width"]:
+            assert label["y"] + label["height"] <= image["y"] + 1, (gallery, i, image, label)
+
+
 def test_browser_launch_watch_stop_resume_compare_download(app, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
@@ -80,6 +95,7 @@ def test_browser_launch_watch_stop_resume_compare_download(app, tmp_path):
         first, second = captions.nth(0).inner_text(), captions.nth(1).inner_text()
         assert first.split(" · ")[2:] == second.split(" · ")[2:]  # the same prompt and seed, side by side
         expect(page.locator("#sample-pairs")).to_contain_text("change")
+        assert_images_uncovered(page, "samples", 4)
         expect(page.get_by_text("evaluation (test prompts)").first).to_be_attached()
         page.screenshot(path=shots / "app_watch.png", full_page=True)
 
@@ -105,6 +121,8 @@ def test_browser_launch_watch_stop_resume_compare_download(app, tmp_path):
         expect(page.locator("#compare-summary")).to_contain_text(re.compile(r"Mean reward: base \*?\*?\d"), timeout=SLOW_MS)
         expect(page.locator("#compare-lora img").first).to_be_visible(timeout=30_000)
         expect(page.locator("#compare-lora .caption-label").first).to_contain_text("reward")
+        assert_images_uncovered(page, "compare-base", 2)
+        assert_images_uncovered(page, "compare-lora", 2)
         page.screenshot(path=shots / "app_compare.png", full_page=True)
 
         # Download: every LoRA format and the model card, zipped outside the run.

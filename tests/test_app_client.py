@@ -32,9 +32,9 @@ def free_port() -> int:
 
 
 def form(name: str, iterations: int | None, extra: list[str] = TINY) -> list:
-    """The Launch tab's inputs: preset, name, reward, prompts, prompt file, common fields, more overrides."""
+    """The Launch tab's inputs: preset, algorithm, name, reward, prompts, prompt file, common fields, more overrides."""
     common = {n: None for n in COMMON_FIELDS} | {"iterations": iterations}
-    return ["tiny", name, "", "", None, *common.values(), "\n".join(extra)]
+    return ["tiny", "", name, "", "", None, *common.values(), "\n".join(extra)]
 
 
 def running_app(tmp_path):
@@ -66,7 +66,7 @@ def test_app_through_gradio_client(app, tmp_path):
     prompt_file = tmp_path / "my prompts.txt"
     prompt_file.write_text("a red circle\na blue square\n")
     upload = form("up", 1)
-    upload[4] = handle_file(str(prompt_file))
+    upload[5] = handle_file(str(prompt_file))  # after preset, algorithm, name, reward, prompts
     command = client.predict(*upload, api_name="/preview")[1]
     stored = next((manager.root / ".uploads").glob("prompts-*.txt"))
     assert f"prompts.source={stored}" in command and stored.read_text() == prompt_file.read_text()

@@ -18,7 +18,8 @@ from superflow_lite.ui.compare import CompareRefused, check_room_beside, compare
 from superflow_lite.ui.form import COMMON_FIELDS
 from superflow_lite.ui.manager import RunManager
 from superflow_lite.ui.runs import failure_markdown
-from superflow_lite.ui.views import Views
+from superflow_lite.ui.runs import KL_PLOT
+from superflow_lite.ui.views import PLOT_TITLES, Views
 from test_ui_runs import make_run
 
 
@@ -37,7 +38,7 @@ def test_exit_2_is_labelled_by_its_real_cause_with_its_whole_text(tmp_path):
 
 
 def form_values(preset: str, extra: str = "") -> list:
-    return [preset, "", "", "", None, *[None] * len(COMMON_FIELDS), extra]
+    return [preset, "", "", "", "", None, *[None] * len(COMMON_FIELDS), extra]
 
 
 def test_preview_of_a_gpu_preset_on_a_cpu_says_it_cannot_launch(tmp_path, monkeypatch):
@@ -109,10 +110,58 @@ def test_watch_shows_before_after_pairs_and_a_reward_table(tmp_path):
         (d / "index.json").write_text(json.dumps([{"file": "000.png", "prompt": "a red circle", "seed": 0,
                                                    "reward": reward}]))
     out = Views(manager).watch("r", "latest", None)
-    gallery, table = out[2 + 7], out[3 + 7]
+    gallery, table = out[2 + 8], out[3 + 8]
     assert [c for _, c in gallery["value"]] == ["step 0 · 0.500 · a red circle · seed 0",
                                                 "step 2 · 0.750 · a red circle · seed 0"]
     assert list(table.columns) == ["prompt", "seed", "step 0", "step 2", "change"]
     assert table.iloc[0].tolist() == ["a red circle", 0, 0.5, 0.75, 0.25]
     evaluation = out[2 + 1]  # the eval plot: the step-0 point alone is already drawn
-    assert evaluation is not None and len(evaluation) == 2
+    assert len(evaluation["value"]) == 2
+    low, high = evaluation["x_lim"]
+    assert low < 0 < high  # the step-0 point is drawn whole, not cut at the plot's edge
+
+
+def test_watch_plots_loss_and_kl_only_when_computed_and_a_finished_run_says_before_after(tmp_path):
+    manager = RunManager(tmp_path / "runs", lock_path=tmp_path / "train.lock")
+    run = make_run(manager.root, "r", {"state": "done", "pid": 1, "iteration": 2, "iterations": 2,
+                                       "reward_mean": 0.9})
+    rows = [{"iteration": 0, "eval/reward_mean": 0.5},
+            {"iteration": 1, "reward/mean": 0.6, "grpo/loss": -0.01, "rollouts/iter": 4},
+            {"iteration": 2, "reward/mean": 0.9, "grpo/loss": 0.02, "rollouts/iter": 4, "eval/reward_mean": 0.75}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    views = Views(manager)
+    out = views.watch("r", "latest", None)
+    titles = list(PLOT_TITLES)
+    assert out[0].endswith("test reward 0.500 -> 0.750 (step 0 -> 2)")  # not the last training reward
+    assert list(out[2 + titles.index("loss")]["value"]) == [-0.01, 0.02]
+    kl = out[2 + titles.index(KL_PLOT)]
+    assert kl["visible"] is False and kl["value"] is None  # train.kl_beta 0: no KL, so no flat-0 plot
+    rows[1]["grpo/kl"], rows[2]["grpo/kl"] = 1e-6, 2e-6
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    kl = views.watch("r", "latest", None)[2 + titles.index(KL_PLOT)]
+    assert kl["visible"] is True and len(kl["value"]) == 2
+
+
+def test_plot_ticks_are_written_as_numbers(tmp_path):
+    from superflow_lite.ui.app import build_app
+
+    demo = build_app(RunManager(tmp_path / "runs", lock_path=tmp_path / "train.lock"), "tiny")
+    plots = [b for b in demo.blocks.values() if isinstance(b, (gr.LinePlot, gr.ScatterPlot, gr.BarPlot))]
+    assert len(plots) == len(PLOT_TITLES)
+    assert all(p.x_axis_format == "~g" and p.y_axis_format == "~g" for p in plots)  # 32, not 32.000000
+
+
+def test_the_form_chooses_the_algorithm_and_lists_the_task_presets(tmp_path):
+    from superflow_lite.config import task_presets
+    from superflow_lite.ui.app import preset_choices
+    from superflow_lite.ui.form import algorithm_choices
+
+    assert [v for _, v in algorithm_choices()] == ["", "superflow", "flow_grpo"]
+    assert task_presets() and set(task_presets()) <= set(preset_choices())
+    views = Views(RunManager(tmp_path / "runs", lock_path=tmp_path / "train.lock"))
+    values = form_values("tiny")
+    values[1] = "flow_grpo"
+    message, command, config_yaml = views.preview(*values)
+    assert "algorithm=flow_grpo" in command and "algorithm: flow_grpo" in config_yaml, message
+    values[1] = ""  # as preset: nothing sent
+    assert "algorithm=" not in views.preview(*values)[1]

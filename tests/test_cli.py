@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import yaml
 
 from superflow_lite.rundir import read_metrics, read_status
@@ -71,3 +72,32 @@ def test_tiny_run_writes_the_run_directory(capsys, tmp_path, fast_overrides):
     assert (out / "lora" / "pytorch_lora_weights.safetensors").is_file()
     assert (out / "lora" / "peft" / "adapter_model.safetensors").is_file()
     assert (out / "train.log").read_text().count("iteration") >= 2
+
+
+def test_print_config_leaves_the_run_name_to_each_run(capsys, tmp_path):
+    """A printed config, saved and run twice, gets two run folders, not one name twice."""
+    code, out, _ = run_cli(capsys, ["--preset", "tiny", "--print-config"])
+    assert code == 0 and yaml.safe_load(out)["output"]["name"] == ""
+    code, out, _ = run_cli(capsys, ["--preset", "tiny", "output.name=mine", "--print-config"])
+    assert yaml.safe_load(out)["output"]["name"] == "mine"
+
+
+def test_every_bad_override_is_reported_at_once(capsys):
+    code, _, err = run_cli(capsys, ["--preset", "tiny", "train.lr=fast", "train.learning_rate=1", "sampling.num_steps=x"])
+    assert code == 2 and err.count("\n") == 1
+    for words in ("train.lr: expected float", "unknown key 'train.learning_rate'", "sampling.num_steps: expected int"):
+        assert words in err
+    code, _, err = run_cli(capsys, ["--preset", "tiny", "train.lr=0", "train.iterations=0", "train.kl_beta=-1"])
+    assert code == 2 and err.count("\n") == 1
+    for words in ("train.lr must be > 0", "train.iterations must be > 0", "train.kl_beta must be >= 0"):
+        assert words in err
+
+
+def test_help_lists_the_task_presets(capsys, monkeypatch):
+    from superflow_lite.config import task_presets
+
+    monkeypatch.setenv("COLUMNS", "400")  # argparse would wrap inside "task-ocr" at its hyphen
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert task_presets() and all(name in out for name in task_presets())

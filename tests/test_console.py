@@ -133,7 +133,7 @@ def test_config_yaml_reruns_with_config_under_a_fresh_name(short_run, capsys, tm
     monkeypatch.chdir(tmp_path)
     assert main(["--config", str(out / "config.yaml"), "--print-config"]) == 0
     again = yaml.safe_load(capsys.readouterr().out)
-    assert again["output"]["name"].startswith("tiny-superflow-")
+    assert again["output"]["name"] == ""  # the name is each run's, chosen when it starts
     assert {k: v for k, v in again.items() if k != "output"} == {k: v for k, v in saved.items() if k != "output"}
 
 
@@ -177,3 +177,34 @@ def test_bitsandbytes_kernel_lookup_is_silent_offline_and_online(offline):
 
     assert "gemm_4bit_forward" in stderr_of("unfiltered")  # the pretence reaches the kernel lookup
     assert stderr_of("filtered").strip() == ""
+
+
+def test_the_iteration_line_says_kl_only_when_the_run_computes_it():
+    from superflow_lite.console import iteration_line
+
+    row = {"rollouts/iter": 8, "reward/mean": 0.4375, "grpo/loss": -0.012, "grpo/clipped": 0.0, "perf/iter_s": 4.1}
+    assert iteration_line(3, 20, row) == "iteration 3/20 rollouts 8 reward 0.4375 loss -1.20e-02 clipfrac 0.000 (4.1s)"
+    assert " kl 2.00e-06 " in iteration_line(3, 20, {**row, "grpo/kl": 2e-6})
+
+
+def test_a_run_without_kl_neither_logs_nor_prints_one(short_run):
+    """tiny has train.kl_beta 0: no reference pass, so no `kl 0.00e+00` and no grpo/kl metric."""
+    out, _, stderr = short_run
+    (line,) = [f for f in fragments(stderr) if re.search(r"INFO iteration 1/1 ", f)]
+    assert " kl " not in line and " loss " in line
+    assert all("grpo/kl" not in row for row in read_metrics(out))
+
+
+def test_a_console_redirected_to_a_file_holds_no_progress_bar_frames(short_run):
+    _, _, stderr = short_run  # captured through a pipe, as `> log 2>&1` would
+    assert not [f for f in fragments(stderr) if BAR.match(f)]
+    assert "\r" not in stderr
+
+
+def test_a_run_stopped_before_any_evaluation_names_step_0_once():
+    """Ctrl-C before the first evaluation after step 0: step 0 is no "after"."""
+    base = {"eval/reward_mean": 0.5}
+    lines = RunSummary("stopped", 2, 20, 16, 9.0, base, base, 0, Path("runs/r/lora"), Path("runs/r/samples")).lines()
+    (samples,) = [line for line in lines if line.startswith("samples:")]
+    assert samples == f"samples: {Path('runs/r/samples/000000')} (step 0 only; no evaluation ran after it)"
+    assert "(after)" not in "\n".join(lines)

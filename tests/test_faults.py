@@ -92,9 +92,12 @@ def test_nan_and_inf_rewards_stop_the_run_and_a_good_reward_resumes_it(tmp_path,
     for mode, word in (("nan", "nan"), ("inf", "inf")):
         drill_server.mode = mode
         assert main(["--resume", str(run), "--no-progress", "train.iterations=2"]) == 1
-        err = capsys.readouterr().err.strip().splitlines()[-1]
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert sum("non-finite" in line for line in lines) == 1, lines  # said once, as the `error:` line
+        err = lines[-1]
         assert err.startswith("error: reward 'remote (http://127.0.0.1") and "non-finite" in err and word in err
         assert "the last intact checkpoint is iteration 1" in err and str(run / "train.log") in err
+        assert "non-finite" in (run / "train.log").read_text()  # the log keeps its copy
         assert read_status(run)["state"] == FAILED and run_state(run) == FAILED
         assert latest_checkpoint_iteration(run) == 1 and checkpoint_is_finite(run) and lora_is_finite(run)
         assert max(r["iteration"] for r in read_metrics(run)) == 1  # nothing of the poisoned iteration was logged

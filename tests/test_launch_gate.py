@@ -135,7 +135,10 @@ CASES = [
     ("lora-target-typo", [*TINY, "model.lora_targets=[attn.to_qq]"], "'attn.to_qq' matches no Linear module"),
     ("lora-targets-empty", [*TINY, "model.lora_targets=[]"], "model.lora_targets is empty"),
     ("model-dir-missing", [*TINY, "model.name_or_path=./nowhere"], "is not a directory"),
-    ("model-not-cached", [*TINY, "model.name_or_path=nobody/no-such-model"], "is not in the Hugging Face cache"),
+    ("model-not-cached", [*TINY, "model.name_or_path=nobody/no-such-model"], "not in the Hugging Face cache"),
+    ("reward-not-cached", [*TINY, "reward.weights={pickscore: 1.0}"], "hf download yuvalkirstain/PickScore_v1"),
+    ("reward-head-missing", [*TINY, "reward.weights={aesthetic: 1.0}", "reward.options={aesthetic: {head_path: ./h.pth}}"],
+     "'./h.pth' (reward.options.aesthetic.head_path): no such file or folder"),
     ("model-name-empty", [*TINY, "model.name_or_path=''"], "model.name_or_path is empty"),
     # --- the machine (this suite runs without CUDA)
     ("device-cuda", [*TINY, "model.device=cuda"], "model.device=cuda but no CUDA GPU"),
@@ -328,3 +331,24 @@ def test_a_damaged_newest_checkpoint_is_not_what_resume_uses(finished_run, tmp_p
     assert latest_checkpoint_iteration(run) == 7
     fake.write_bytes(fake.read_bytes()[:-10])  # truncated
     assert latest_checkpoint_iteration(run) == 1
+
+
+def test_an_unavailable_reward_and_model_exit_2_at_once_with_no_run_folder(tmp_path):
+    """Offline, a reward model and a base model that are not in the cache: one `error:`
+    line naming both and the command that fetches them, in seconds (not after the
+    base model loaded and the step-0 evaluation ran), and no run folder."""
+    import time
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    argv = ["--preset", "tiny", "reward.weights={pickscore: 1.0}", "model.name_or_path=nobody/no-such-model"]
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "superflow_lite.train", *argv], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    for needed in ("hf download nobody/no-such-model", "hf download yuvalkirstain/PickScore_v1",
+                   "reward.options.pickscore.model_name_or_path", "HF_HUB_OFFLINE is set"):
+        assert needed in lines[0]
+    assert time.monotonic() - started < 120
+    assert not (tmp_path / "runs").exists()

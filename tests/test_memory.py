@@ -275,3 +275,11 @@ def test_int8_plan_adds_the_kept_inputs_and_nf4_does_not():
         assert all(train.basis[k] in memory.BASES for k in train)
     # per 512-px sequence: 0.65 GiB kept beside the 0.19 GiB bf16 + checkpointing law
     assert 0.64 * GIB < 2 * memory.int8_saved_input_elements(tc, 1024, 205, 1) < 0.66 * GIB
+
+
+def test_the_plan_names_the_real_device_of_the_rollout_buffer():
+    """A CPU run has no GPU: its buffer is in CPU memory whatever memory.rollout_buffer says."""
+    tiny = memory.format_plan(build_config("tiny", None, ["memory.rollout_buffer=gpu"]))
+    assert "MB on cpu" in tiny and "gpu" not in tiny.split("rollout buffer:")[1].split("\n")[0]
+    offloaded = memory.format_plan(build_config("24gb", None, ["memory.rollout_buffer=cpu"]))
+    assert "MB on cpu (pinned host memory)" in offloaded

@@ -112,3 +112,22 @@ def test_status_follows_liveness_not_the_last_word_written(tmp_path):
     status.update(state=STOPPED)
     run.status_path.write_text(json.dumps(status))
     assert run_state(run.path) == STOPPED
+
+
+def test_a_killed_intermediate_lora_export_leaves_nothing_behind(tmp_path):
+    run = RunDir(tmp_path / "run")
+    run.create()
+    half = run.intermediate_lora_dir(20).with_name(f".000020.{dead_pid()}.tmp")  # atomic_dir's temp, writer gone
+    half.mkdir(parents=True)
+    (half / "pytorch_lora_weights.safetensors").write_bytes(b"half")
+    assert clean_temp_files(run.path) == [half] and not half.exists()
+
+
+def test_only_the_newest_intermediate_loras_are_kept(tmp_path):
+    run = RunDir(tmp_path / "run")
+    for step in (5, 10, 15, 20):
+        run.intermediate_lora_dir(step).mkdir(parents=True)
+    run.prune_intermediate_loras(2)
+    assert sorted(p.name for p in (run.path / "loras").iterdir()) == ["000015", "000020"]
+    run.prune_intermediate_loras(0)  # 0 keeps every one
+    assert len(list((run.path / "loras").iterdir())) == 2

@@ -218,3 +218,19 @@ def test_names_stay_inside_the_runs_folder_and_nothing_reaches_a_shell(tmp_path,
     assert preview.command.startswith("python -m superflow_lite.train --preset tiny")
     with pytest.raises(LaunchError, match="already exists"):
         manager.preview("tiny", [], "argv-check")
+
+
+def test_a_failed_run_without_a_checkpoint_is_not_offered_resume(tmp_path):
+    """A run that failed before its first checkpoint (a reward that could not load after
+    start-up, say) has nothing to resume: the app says launch it again, and refuses Resume."""
+    from superflow_lite.ui.views import Views
+
+    failed = make_run(tmp_path, "failed-early", {"state": "failed", "pid": 5, "error": "RuntimeError: boom"},
+                      {"supervisor_pid": dead_pid(), "trainer_pid": 5}, {"returncode": 1, "trainer_pid": 5})
+    report = failure_report(failed)
+    assert "Resume" not in report["suggestion"] and "launch it again" in report["suggestion"]
+    views = Views(RunManager(tmp_path))
+    details = views.run_details("failed-early")
+    assert "--resume" not in details and "launch it again" in details
+    with pytest.raises(LaunchError, match="no checkpoint"):
+        views.manager.resume("failed-early")

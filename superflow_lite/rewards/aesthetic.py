@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
+from ..hub import PROCESSOR_FILES, WEIGHT_FILES, Needed
 from .base import Reward, RewardOutput, RewardUnavailable
 from .hf_loading import check_dtype, load_pretrained, require_transformers, torch_dtype
 from .registry import register
@@ -129,6 +130,13 @@ class AestheticReward(Reward):
             lambda repo: hf_hub_download(repo, self.head_filename), self.head_repo,
             reward="aesthetic", option="head_path",
         )
+
+    def needed_models(self) -> list[Needed]:
+        opts = "reward.options.aesthetic"
+        needed = [Needed(self.model_name_or_path, WEIGHT_FILES, f"{opts}.model_name_or_path"),
+                  Needed(self.model_name_or_path, PROCESSOR_FILES, f"{opts}.model_name_or_path")]
+        head = self.head_path or self.head_repo
+        return needed + [Needed(head, (self.head_filename,), f"{opts}.head_path")]
 
     def load(self) -> None:
         require_transformers("aesthetic")

@@ -64,6 +64,11 @@ class Reward(ABC):
     def load(self) -> None:
         """Load models/weights. Default: nothing to load."""
 
+    def needed_models(self) -> list:
+        """The models load() will fetch (hub.Needed), so the launch gate can find a missing
+        one in a second instead of after the base model loaded. Default: none."""
+        return []
+
     def prompt_problem(self, prompt: str) -> str | None:
         """Why this reward cannot score `prompt` (None: it can). The launch gate asks it of
         every prompt before a run starts, so a prompt it cannot read fails in a second, not

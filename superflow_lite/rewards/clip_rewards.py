@@ -20,6 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
+from ..hub import PROCESSOR_FILES, WEIGHT_FILES, Needed
 from .base import Reward, RewardOutput
 from .hf_loading import check_dtype, load_pretrained, require_transformers, torch_dtype
 from .registry import register
@@ -65,6 +66,11 @@ class ClipSimilarity(Reward):
             raise ValueError(f"reward.options.{self.name}: high ({self.high}) must exceed low ({self.low})")
         self.model: Any = None
         self.processor: Any = None
+
+    def needed_models(self) -> list[Needed]:
+        opts = f"reward.options.{self.name}"
+        return [Needed(self.model_name_or_path, WEIGHT_FILES, f"{opts}.model_name_or_path"),
+                Needed(self.processor_name_or_path, PROCESSOR_FILES, f"{opts}.processor_name_or_path")]
 
     def load(self) -> None:
         require_transformers(self.name)

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
+from ..hub import PROCESSOR_FILES, WEIGHT_FILES, Needed
 from .base import Reward, RewardOutput
 from .geneval_scoring import Detection, evaluate, non_max_suppression
 from .geneval_spec import TaskSpec, parse_prompt, spec_from_metadata
@@ -92,6 +93,10 @@ class GenEvalReward(Reward):
         if parse_prompt(prompt) is not None:
             return None
         return "not a GenEval prompt such as 'a photo of two dogs' or 'a photo of a cat left of a dog'"
+
+    def needed_models(self) -> list[Needed]:
+        return [Needed(self.model_name_or_path, WEIGHT_FILES, "reward.options.geneval.model_name_or_path"),
+                Needed(self.processor_name_or_path, PROCESSOR_FILES, "reward.options.geneval.processor_name_or_path")]
 
     def load(self) -> None:
         require_transformers("geneval")

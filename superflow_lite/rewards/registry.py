@@ -48,6 +48,9 @@ class WeightedSum(Reward):
         self.high = float(sum(w * (r.high if w >= 0 else r.low) for r, w in self.parts))
         self.name = "+".join(f"{w:g}*{r.name}" for r, w in self.parts)
 
+    def needed_models(self) -> list:
+        return [n for r, _ in self.parts for n in r.needed_models()]
+
     def prompt_problem(self, prompt: str) -> str | None:
         return next((p for r, _ in self.parts if (p := r.prompt_problem(prompt))), None)
 

@@ -10,18 +10,27 @@ from pathlib import Path
 import gradio as gr
 
 from ..config import available_presets
-from .form import COMMON_FIELDS
+from .form import COMMON_FIELDS, algorithm_choices
 from .manager import RunManager
-from .runs import EVAL_PLOT, PLOTS
+from .runs import EVAL_PLOT, KL_PLOT, PLOTS
 from .views import PLOT_TITLES, Views
 
 REFRESH_S = 2.0
-# Gallery captions wrap instead of being cut at one line: the prompt and the reward stay readable.
-CSS = """
-#samples .caption-label, #compare-base .caption-label, #compare-lora .caption-label {
-  white-space: normal !important; max-width: 100% !important; opacity: 0.9 !important; font-size: 11px !important;
-}
-"""
+# Gallery captions sit below their image, never over it: Gradio overlays them on the
+# thumbnail's lower part, exactly where counts and "below" relations are judged. Each
+# thumbnail becomes a column (the square image, then its caption, wrapped, never cut).
+GALLERIES = ("#samples", "#compare-base", "#compare-lora")
+CSS = "\n".join(f"""
+{g} .grid-wrap {{ padding-top: 2.2em !important; }}  /* the gallery's label badge stays off the first image */
+{g} .thumbnail-item {{
+  aspect-ratio: auto !important; height: auto !important; display: flex !important; flex-direction: column !important;
+}}
+{g} .thumbnail-item > img {{ aspect-ratio: 1 / 1; width: 100% !important; height: auto !important; flex: none; }}
+{g} .caption-label {{
+  position: static !important; max-width: 100% !important; white-space: normal !important; opacity: 1 !important;
+  border: none !important; border-top: 1px solid var(--border-color-primary) !important; border-radius: 0 !important;
+  font-size: 11px !important;
+}}""" for g in GALLERIES)
 # After a refresh, keep the log scrolled to its newest line, unless it did not change.
 SCROLL_LOG_JS = """() => {
   const t = document.querySelector('#log-tail textarea');
@@ -38,6 +47,13 @@ COMMON_LABELS = {
 INTEGER_FIELDS = {"iterations", "lora_rank", "prompts_per_iter", "rollout_cap", "eval_every", "checkpoint_every", "seed"}
 
 
+def preset_choices() -> list[str]:
+    """The size presets, then the task-* presets (a task's reward and prompts)."""
+    from ..config import task_presets
+
+    return available_presets() + task_presets()
+
+
 def default_preset() -> str:
     """The preset the CLI picks on this machine: tiny without a GPU."""
     from ..config import resolve_preset_name
@@ -47,9 +63,12 @@ def default_preset() -> str:
 
 
 def launch_tab(views: Views, preset: str):
-    reward_info, prompts_info, *values = views.preset_fields(preset)
+    algorithm_info, reward_info, prompts_info, *values = views.preset_fields(preset)
     with gr.Row():
-        preset_dd = gr.Dropdown(available_presets(), value=preset, label="Preset (by GPU memory; tiny = CPU shapes world)")
+        preset_dd = gr.Dropdown(preset_choices(), value=preset, label="Preset (by GPU memory; tiny = CPU shapes world; "
+                                "task-*: a reward's recipe)", elem_id="preset")
+        algorithm_dd = gr.Dropdown(algorithm_choices(), value="", label="Algorithm", info=algorithm_info["info"],
+                                   elem_id="algorithm")
         name_tb = gr.Textbox(label="Run name (empty: <preset>-<algorithm>-<time>)", elem_id="run-name")
         reward_dd = gr.Dropdown(views.reward_choices(), value="", label="Reward", info=reward_info["info"])
     with gr.Row():
@@ -67,8 +86,9 @@ def launch_tab(views: Views, preset: str):
     message = gr.Markdown(elem_id="launch-message")
     command = gr.Code(label="Equivalent command line", language="shell", interactive=False)
     config_yaml = gr.Code(label="Resolved config (config.yaml)", language="yaml", interactive=False)
-    form = [preset_dd, name_tb, reward_dd, prompts_dd, prompts_file, *common, extra_tb]
-    preset_dd.change(views.preset_fields, preset_dd, [reward_dd, prompts_dd, *common], api_visibility="private")
+    form = [preset_dd, algorithm_dd, name_tb, reward_dd, prompts_dd, prompts_file, *common, extra_tb]
+    preset_dd.change(views.preset_fields, preset_dd, [algorithm_dd, reward_dd, prompts_dd, *common],
+                     api_visibility="private")
     preview_btn.click(views.preview, form, [message, command, config_yaml], api_name="preview")
     return form, launch_btn, (message, command, config_yaml)
 
@@ -80,17 +100,20 @@ def watch_tab():
     progress = gr.Markdown(elem_id="progress")
     failure = gr.Markdown(visible=False, elem_id="failure")
     plots = []
-    for row, titles in enumerate((PLOT_TITLES[:3], PLOT_TITLES[3:6])):
+    # Tick labels as numbers are written (32, 0.25, 1e-06), not with six fixed decimals.
+    axes = {"x_axis_format": "~g", "y_axis_format": "~g", "height": 220}
+    for row, titles in enumerate((PLOT_TITLES[:4], PLOT_TITLES[4:7])):
         with gr.Row():
             for title in titles:
                 several = len(PLOTS[title]) > 1
                 # Evaluations are points (a run's step 0 is one point, which a line cannot show).
                 kind = gr.ScatterPlot if title == EVAL_PLOT else gr.LinePlot
                 plots.append(kind(x="iteration", y="value", color="series" if several else None, title=title,
-                                  y_title="" if several else next(iter(PLOTS[title])), height=220))
+                                  y_title="" if several else next(iter(PLOTS[title])),
+                                  visible=title != KL_PLOT, **axes))
             if row == 1:
-                plots.append(gr.BarPlot(x="size", y="prompts", title=PLOT_TITLES[6], x_title="group size (rollouts)",
-                                        height=220))
+                plots.append(gr.BarPlot(x="size", y="prompts", title=PLOT_TITLES[7], x_title="group size (rollouts)",
+                                        **axes))
     with gr.Row():
         step_dd = gr.Dropdown(["latest"], value="latest", label="Eval step (each image beside its step-0 baseline)",
                               scale=1, allow_custom_value=True)

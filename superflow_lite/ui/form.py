@@ -36,9 +36,20 @@ def preset_values(preset: str) -> dict:
     """What the form shows for a preset: its resolved value of every common field."""
     cfg = build_config(preset)
     values = {name: get_key(cfg, key) for name, key in COMMON_FIELDS.items()}
+    values["algorithm"] = cfg.algorithm
     values["reward_weights"] = dict(cfg.reward.weights)
     values["prompts_source"] = cfg.prompts.source
     return values
+
+
+def algorithm_choices() -> list[tuple[str, str]]:
+    """(label, value) of every algorithm the config accepts, after "as preset"."""
+    import typing
+
+    from ..algorithms import ALGORITHM_NAMES
+
+    names = typing.get_args(typing.get_type_hints(Config)["algorithm"])
+    return [("as preset", "")] + [(f"{ALGORITHM_NAMES.get(n, n)} ({n})", n) for n in names]
 
 
 def builtin_prompt_sets() -> list[str]:
@@ -61,6 +72,7 @@ class LaunchForm:
     """The launch form as plain values (None or "" = as the preset)."""
 
     preset: str
+    algorithm: str = ""
     name: str = ""
     reward: str = ""
     prompts: str = ""
@@ -83,6 +95,8 @@ class LaunchForm:
                     value = int(value)
             if value != defaults[name]:
                 out.append(f"{key}={format_value(value)}")
+        if self.algorithm and self.algorithm != defaults["algorithm"]:
+            out.append(f"algorithm={self.algorithm}")
         if self.reward and defaults["reward_weights"] != {self.reward: 1.0}:
             out.append(f"reward.weights={{{self.reward}: 1.0}}")
         source = stored_prompt_file(self.prompts_file, uploads_dir) if self.prompts_file else self.prompts

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ..config import ConfigError, echo, parse_override, to_yaml
 from ..rundir import (ACTIVE_STATES, CONSOLE_FILE, EXIT_FILE, FINAL_STATES, LAUNCH_FILE, LORA_DIR, STATUS_FILE,
-                      is_our_process, is_run_dir, lora_file, read_json, run_state)
+                      is_our_process, is_run_dir, latest_checkpoint_iteration, lora_file, read_json, run_state)
 from .form import app_owned_key
 from .runs import RUN_NAME, list_runs
 from .supervise import lock_holder
@@ -105,12 +105,13 @@ class RunManager:
     def preview(self, preset: str, overrides: list[str], name: str = "") -> Preview:
         """Check the launch as the CLI will (its launch gate); raise ConfigError/LaunchError
         with the CLI's message."""
-        from ..config import available_presets
+        from ..config import available_presets, task_presets
         from ..launch import MachineUnfit, UsageError, gate, resolve
         from ..train import parse_args
 
-        if preset != "auto" and preset not in available_presets():  # the CLI's words, no path games
-            raise ConfigError(f"unknown preset {preset!r}; available: {', '.join(available_presets())}")
+        known = available_presets() + task_presets()
+        if preset != "auto" and preset not in known:  # the CLI's words, no path games
+            raise ConfigError(f"unknown preset {preset!r}; available: {', '.join(known)}")
         self.check_overrides(overrides)
         if name:
             self.run_path(name)
@@ -127,7 +128,8 @@ class RunManager:
         except UsageError as err:
             raise LaunchError(str(err)) from None
         cfg = launch_cfg
-        name = cfg.output.name  # the CLI's default name when the field was empty
+        name = launch_path.name  # the CLI's default name when the field was empty
+        cfg.output.name = name  # pinned on the command line below, so shown in the config too
         path = self.run_path(name)
         if Path(cfg.output.root).resolve() != self.root or launch_path.resolve() != path:
             raise LaunchError(f"the run would be written to {launch_path}, outside the runs folder {self.root}")
@@ -160,6 +162,8 @@ class RunManager:
             state = run_state(path)
             if state in ACTIVE_STATES:
                 raise LaunchError(f"run {name!r} is {state}; stop it before resuming")
+            if latest_checkpoint_iteration(path) is None:
+                raise LaunchError(f"run {name!r} has no checkpoint, so there is nothing to resume; launch it again")
             self._refuse_if_busy()
             train_args = ["--resume", str(path), *overrides]
             try:

@@ -109,13 +109,40 @@ def progress_markdown(path: Path) -> str:
         parts.append(f"iteration {iteration}/{iterations}")
     if status.get("rollouts_total") is not None:
         parts.append(f"{status['rollouts_total']} rollouts")
-    if status.get("reward_mean") is not None:
+    before_after = evaluation_change(path) if state in ("done", "stopped") else None
+    if before_after:
+        parts.append(before_after)  # what a finished run achieved, not its last training batch
+    elif status.get("reward_mean") is not None:
         parts.append(f"reward {status['reward_mean']:.4f}")
     if state in ("running", "stopping") and status.get("eta_s") is not None:
         parts.append(f"ETA {format_duration(status['eta_s'])}")
     if state == "stopping":
         parts.append("finishing the current iteration, then checkpointing")
     return " · ".join(parts)
+
+
+def evaluation_change(path: Path) -> str | None:
+    """`test reward 0.375 -> 0.500 (step 0 -> 20)` (and strict accuracy where reported), from
+    the run's step-0 and latest evaluations; None without an evaluation after step 0."""
+    from ..console import evaluations, metric_words
+
+    baseline, latest = evaluations(read_metrics(path))
+    if not baseline or not latest or latest[0] == 0:
+        return None
+    step, final = latest
+    changes = [f"{words} {baseline[key]:.3f} -> {final[key]:.3f}" for key, words in metric_words(eval_split(path)).items()
+               if baseline.get(key) is not None and final.get(key) is not None]
+    return ", ".join(changes) + f" (step 0 -> {step})" if changes else None
+
+
+def eval_split(path: Path) -> str:
+    """prompts.eval_split of the run's config.yaml ("test" when unreadable)."""
+    import yaml
+
+    try:
+        return (yaml.safe_load((path / CONFIG_FILE).read_text()) or {}).get("prompts", {}).get("eval_split", "test")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return "test"
 
 
 # ----------------------------------------------------------------------------- plots
@@ -125,6 +152,8 @@ def progress_markdown(path: Path) -> str:
 PLOTS = {
     "reward (train, eval)": {"train": ["reward/mean"], "eval": ["eval/reward_mean"]},
     "evaluation (test prompts)": {"test reward": ["eval/reward_mean"], "strict accuracy": ["eval/strict_mean"]},
+    "loss": {"grpo/loss": ["grpo/loss"]},
+    # Logged only when train.kl_beta > 0 (no reference pass otherwise): the plot shows then only.
     "KL to the reference": {"grpo/kl": ["grpo/kl"]},
     "clip fraction": {"grpo/clipped": ["grpo/clipped", "grpo/clipfrac"]},
     "rollouts per iteration": {"rollouts/iter": ["rollouts/iter"]},
@@ -134,6 +163,7 @@ PLOTS = {
 # series come from the same eval rows, so the step-0 row already holds every series the
 # plot will ever have (strict accuracy only where the reward reports it).
 EVAL_PLOT = "evaluation (test prompts)"
+KL_PLOT = "KL to the reference"
 
 
 def metric_series(rows: list[dict], title: str) -> dict[str, list]:
@@ -288,12 +318,18 @@ def failure_report(path: Path) -> dict:
     elif rc == 2:
         suggestion = exit_2_cause(error)
     elif status.get("state") in ACTIVE_STATES or not status:
-        suggestion = ("The training process died without reporting (killed or crashed). "
-                      + ("Resume continues from the last checkpoint." if latest_checkpoint_iteration(path) is not None
-                         else "It had no checkpoint yet: launch it again."))
+        suggestion = "The training process died without reporting (killed or crashed). " + resume_hint(path)
     else:
-        suggestion = "Read the log tail for the cause; Resume continues from the last checkpoint once it is fixed."
+        suggestion = "Read the log tail for the cause, fix it, then: " + resume_hint(path)
     return {"exit_code": describe_exit(rc), "error": error, "log_tail": log, "suggestion": suggestion}
+
+
+def resume_hint(path: Path) -> str:
+    """What continuing a run means: Resume only where a checkpoint exists to continue from."""
+    at = latest_checkpoint_iteration(path)
+    if at is None:
+        return "It has no checkpoint, so there is nothing to resume: launch it again."
+    return f"Resume continues from the last checkpoint (iteration {at})."
 
 
 # Exit code 2 is bad input; the trainer's status names the exception for what it found

@@ -9,12 +9,12 @@ import gradio as gr
 import pandas as pd
 
 from ..config import ConfigError
-from ..rundir import METRICS_FILE, SAMPLES_DIR, read_metrics, read_status
+from ..rundir import METRICS_FILE, SAMPLES_DIR, latest_checkpoint_iteration, read_metrics, read_status
 from .compare import CompareRefused, Comparer
 from .form import COMMON_FIELDS, LaunchForm, builtin_prompt_sets, preset_values
 from .manager import LaunchError, RunManager
-from .runs import (PLOTS, SUMMARY_COLUMNS, display_state, eval_prompts_and_seeds, failure_markdown,
-                   group_size_histogram, list_runs, log_tail, lora_file, metric_series, progress_markdown,
+from .runs import (EVAL_PLOT, KL_PLOT, PLOTS, SUMMARY_COLUMNS, display_state, eval_prompts_and_seeds,
+                   failure_markdown, group_size_histogram, list_runs, log_tail, lora_file, metric_series, progress_markdown,
                    sample_gallery, sample_pairs)
 
 COMMON_NAMES = list(COMMON_FIELDS)
@@ -45,6 +45,13 @@ def plan_line(config_yaml: str) -> str:
     return text + "".join(f"\n- {p}" for p in plan.problems)
 
 
+def padded(values: list[float], least: float) -> list[float]:
+    """[low, high] of `values`, widened on each side by 5% of their span (at least `least`)."""
+    low, high = min(values), max(values)
+    margin = max(0.05 * (high - low), least)
+    return [low - margin, high + margin]
+
+
 class Views:
     def __init__(self, manager: RunManager, comparer: Comparer | None = None):
         self.manager = manager
@@ -55,7 +62,8 @@ class Views:
         """The preset's own values in the common fields; 'as preset' shows what that means."""
         values = preset_values(preset)
         weights = ", ".join(f"{k}: {v:g}" for k, v in values["reward_weights"].items())
-        return [gr.update(value="", info=f"as preset: {weights}"),
+        return [gr.update(value="", info=f"as preset: {values['algorithm']}"),
+                gr.update(value="", info=f"as preset: {weights}"),
                 gr.update(value="", info=f"as preset: {values['prompts_source']}")] + [values[n] for n in COMMON_NAMES]
 
     def reward_choices(self) -> list[tuple[str, str]]:
@@ -71,9 +79,9 @@ class Views:
 
         return available_rewards()
 
-    def _form(self, preset, name, reward, prompts, prompts_file, *rest) -> LaunchForm:
+    def _form(self, preset, algorithm, name, reward, prompts, prompts_file, *rest) -> LaunchForm:
         common, extra = dict(zip(COMMON_NAMES, rest[:-1])), rest[-1]
-        return LaunchForm(preset=preset, name=(name or "").strip(), reward=reward or "", prompts=prompts or "",
+        return LaunchForm(preset=preset, algorithm=algorithm or "", name=(name or "").strip(), reward=reward or "", prompts=prompts or "",
                           prompts_file=prompts_file or None, common=common, extra=extra or "")
 
     def preview(self, *form_values):
@@ -129,8 +137,7 @@ class Views:
             skips = [gr.skip()] * (len(PLOT_TITLES) + 3)
             return [progress, failure, *skips, log_tail(path), signature]
         rows = read_metrics(path)
-        plots = [plot_value(metric_series(rows, t), {"iteration": "int64", "value": "float64", "series": "str"})
-                 for t in PLOTS]
+        plots = [self._plot(t, metric_series(rows, t)) for t in PLOTS]
         plots.append(plot_value(group_size_histogram(rows), {"size": "int64", "prompts": "int64"}))
         chosen = int(step) if step not in (None, "", "latest") else None
         items, steps = sample_gallery(path, chosen)
@@ -141,6 +148,17 @@ class Views:
         step_value = step if step in step_choices else "latest"
         return [progress, failure, *plots, gallery, table, gr.update(choices=step_choices, value=step_value),
                 log_tail(path), signature]
+
+    @staticmethod
+    def _plot(title: str, columns: dict[str, list]):
+        """One plot's update. The evaluation points get a margin on every side, so the first
+        and last are drawn whole; the KL plot shows only when the run computes a KL."""
+        value = plot_value(columns, {"iteration": "int64", "value": "float64", "series": "str"})
+        if title == KL_PLOT:
+            return gr.update(value=value, visible=value is not None)
+        if title == EVAL_PLOT and value is not None:
+            return gr.update(value=value, x_lim=padded(columns["iteration"], 0.5), y_lim=padded(columns["value"], 0.02))
+        return value
 
     @staticmethod
     def _pairs_table(path: Path, chosen: int | None, steps: list[int]) -> pd.DataFrame | None:
@@ -249,8 +267,10 @@ class Views:
         text, state = progress_markdown(path), display_state(path)
         if state == "failed":
             text += "\n\n" + failure_markdown(path)
-        if state in ("stopped", "done", "failed"):
+        if state in ("stopped", "done", "failed") and latest_checkpoint_iteration(path) is not None:
             text += f"\n\nResume from the command line: `python -m superflow_lite.train --resume {path}`"
+        elif state == "failed":
+            text += "\n\nIt has no checkpoint to resume from: launch it again."
         return text
 
     # ------------------------------------------------------------------ compare
