@@ -60,46 +60,38 @@ def predict_velocity(
     guidance_scale: float,
     detach_uncond: bool = False,
 ) -> torch.Tensor:
-    """v = v_uncond + g (v_cond - v_uncond).
+    """v = v_uncond + g (v_cond - v_uncond), one batched forward over [uncond; cond].
 
     x: [B, C, H, W]; cond/uncond embeds [B, L, D]; returns float32 [B, C, H, W].
-    uncond None (or g == 1) skips CFG: one forward of batch B. Otherwise one batched forward
-    over [uncond; cond], except under detach_uncond, which stops the gradient through v_uncond
-    (Flow-GRPO's policy update): the values are unchanged, and v_uncond is then its own forward
-    without autograd, so the backward pass runs over the B conditional rows only, not 2B.
+    uncond None (or g == 1) skips CFG: one forward of batch B. detach_uncond stops the
+    gradient through v_uncond (Flow-GRPO's policy update): the values are unchanged.
     """
-    use_cfg = uncond is not None and guidance_scale != 1.0
-    if not use_cfg:
-        return _transformer_velocity(transformer, x, cond.embeds, cond.pooled, timestep)
-    if detach_uncond and torch.is_grad_enabled():
-        with torch.no_grad():
-            v_uncond = _transformer_velocity(transformer, x, uncond.embeds, uncond.pooled, timestep)
-        v_cond = _transformer_velocity(transformer, x, cond.embeds, cond.pooled, timestep)
-    else:
-        out = _transformer_velocity(transformer, torch.cat([x, x]), torch.cat([uncond.embeds, cond.embeds]),
-                                    torch.cat([uncond.pooled, cond.pooled]), timestep)
-        v_uncond, v_cond = out.chunk(2)
-        if detach_uncond:
-            v_uncond = v_uncond.detach()
-    return v_uncond + guidance_scale * (v_cond - v_uncond)
-
-
-def _transformer_velocity(transformer: torch.nn.Module, x: torch.Tensor, embeds: torch.Tensor, pooled: torch.Tensor,
-                          timestep: float) -> torch.Tensor:
-    """One transformer forward at `timestep`, returned as float32."""
     dtype = next(p for p in transformer.parameters() if p.is_floating_point()).dtype
     dtype = dtype if dtype in (torch.float32, torch.bfloat16, torch.float16) else torch.bfloat16
+    use_cfg = uncond is not None and guidance_scale != 1.0
+    if use_cfg:
+        x_in = torch.cat([x, x])
+        embeds = torch.cat([uncond.embeds, cond.embeds])
+        pooled = torch.cat([uncond.pooled, cond.pooled])
+    else:
+        x_in, embeds, pooled = x, cond.embeds, cond.pooled
     # float32, as diffusers' pipeline and Flow-GRPO pass it: in bf16 the 10-step schedule's
     # timesteps (sigma * 1000) would be off by up to 1.9; the model casts its sinusoidal
     # embedding to its own dtype after computing it in float32.
-    t = torch.full((x.shape[0],), timestep, device=x.device, dtype=torch.float32)
-    return transformer(
-        hidden_states=x.to(dtype),
+    t = torch.full((x_in.shape[0],), timestep, device=x.device, dtype=torch.float32)
+    out = transformer(
+        hidden_states=x_in.to(dtype),
         timestep=t,
         encoder_hidden_states=embeds.to(dtype),
         pooled_projections=pooled.to(dtype),
         return_dict=False,
     )[0].float()
+    if not use_cfg:
+        return out
+    v_uncond, v_cond = out.chunk(2)
+    if detach_uncond:
+        v_uncond = v_uncond.detach()
+    return v_uncond + guidance_scale * (v_cond - v_uncond)
 
 
 @dataclass

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from superflow_lite.ui.app import default_preset
 from superflow_lite.ui.form import preset_values
 from test_app_client import running_app
 from test_ui_manager import TINY
@@ -69,9 +70,9 @@ def test_browser_launch_watch_stop_resume_compare_download(app, tmp_path):
         page.set_default_timeout(60_000)
         page.goto(demo.local_url)
 
-        # Launch: the tiny world is preselected on a CPU machine; the form shows the preset's values.
+        # Launch: the CPU's default job is preselected on a CPU machine; the form shows the preset's values.
         expect(page.locator("#launch")).to_be_visible(timeout=60_000)
-        tiny_iterations = str(preset_values("tiny")["iterations"])
+        tiny_iterations = str(preset_values(default_preset())["iterations"])
         expect(field(page, "field-iterations")).to_have_value(tiny_iterations, timeout=30_000)  # the preset's own
         field(page, "run-name").fill("browser-run")
         field(page, "field-iterations").fill("200")
