@@ -4,10 +4,12 @@ machine load), as a ratio per round:
 
     git worktree add /tmp/baseline <commit>
     python benchmarks/throughput.py --baseline /tmp/baseline --rounds 3 --iterations 6
+    python benchmarks/throughput.py --baseline /tmp/baseline --this-side train.sde_window=2 --name sde-window-2
 
-Each side builds the trainer of the default job (`--preset tiny`, no evaluation, no
+`--this-side` overrides apply to this tree's side only: an option that changes the algorithm,
+timed against the baseline's default. Each side builds the trainer of the default job (`--preset tiny`, no evaluation, no
 checkpoints) in a process of its own, runs one iteration to warm up (embeddings, allocator),
-then times the next ones. Writes benchmarks/results/throughput/summary.json and raw.json.
+then times the next ones. Writes benchmarks/results/throughput/<name>.json (summary.json for the default comparison).
 """
 from __future__ import annotations
 
@@ -68,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", type=Path, required=True, help="another checkout of the project (the 'before')")
     parser.add_argument("--rounds", type=int, default=3, help="side-by-side rounds; the ratio is reported per round")
     parser.add_argument("--iterations", type=int, default=6, help="timed iterations per side and round (after 1 warm-up)")
+    parser.add_argument("--this-side", nargs="*", default=[], help="overrides for this tree's side only")
+    parser.add_argument("--name", default="summary", help="result file name under benchmarks/results/throughput/")
     parser.add_argument("overrides", nargs="*", help="config overrides for both sides (dotted keys)")
     args = parser.parse_args(argv)
     if not (args.baseline / "superflow_lite" / "trainer.py").is_file():
@@ -75,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     rounds = []
     for r in range(args.rounds):
-        before, after = start_side(args.baseline, args.iterations, args.overrides), start_side(HERE, args.iterations, args.overrides)
+        before, after = start_side(args.baseline, args.iterations, args.overrides), start_side(HERE, args.iterations, [*args.overrides, *args.this_side])
         b, a = finish(before), finish(after)
         rounds.append({"before": b, "after": a, "ratio": a["rollouts_per_s"] / b["rollouts_per_s"]})
         print(f"round {r + 1}: before {b['rollouts_per_s']:.2f} rollouts/s, after {a['rollouts_per_s']:.2f}, "
@@ -90,9 +94,10 @@ def main(argv: list[str] | None = None) -> int:
         "after_rollouts_per_s": statistics.median(x["after"]["rollouts_per_s"] for x in rounds),
         "ratio_median": statistics.median(x["ratio"] for x in rounds),
         "ratios": [x["ratio"] for x in rounds],
+        "this_side_only": args.this_side,
+        "rounds": rounds,
     }
-    (OUT / "raw.json").write_text(json.dumps(rounds, indent=1) + "\n")
-    (OUT / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (OUT / f"{args.name}.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(json.dumps(summary, indent=1))
     return 0
 

@@ -19,7 +19,7 @@ def test_the_focus_preset_is_the_tiny_world_with_only_its_task_changed():
     changed = {(section, key) for section in tiny if isinstance(tiny[section], dict)
                for key in tiny[section] if tiny[section][key] != focus[section][key]}
     assert changed == {("prompts", "source"), ("prompts", "eval_split"), ("prompts", "num_eval_prompts"),
-                       ("prompts", "eval_seeds"), ("train", "iterations"), ("train", "ema"), ("output", "eval_every"),
+                       ("prompts", "eval_seeds"), ("train", "iterations"), ("train", "ema"), ("train", "lr"), ("output", "eval_every"),
                        ("output", "checkpoint_every")}
     assert focus["preset"] == "tiny-focus" and focus["model"] == tiny["model"]
 
