@@ -6,6 +6,8 @@ machine load), as a ratio per round:
     python benchmarks/throughput.py --baseline /tmp/baseline --rounds 3 --iterations 6
     python benchmarks/throughput.py --baseline /tmp/baseline --this-side train.sde_window=2 --name sde-window-2
 
+    python benchmarks/throughput.py --profile      # where this tree's iteration spends its time
+
 `--this-side` overrides apply to this tree's side only: an option that changes the algorithm,
 timed against the baseline's default. Each side builds the trainer of the default job (`--preset tiny`, no evaluation, no
 checkpoints) in a process of its own, runs one iteration to warm up (embeddings, allocator),
@@ -65,17 +67,33 @@ def finish(proc: subprocess.Popen) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
+def profile(iterations: int, overrides: list[str]) -> int:
+    """Run this tree's side under cProfile and print the calls that cost the most time."""
+    wrapped = ("import cProfile, pstats, sys\n"
+               f"sys.argv = ['child', {str(iterations)!r}, *{overrides!r}]\n"
+               "profiler = cProfile.Profile()\nprofiler.enable()\n"
+               f"exec(compile({CHILD!r}, 'child', 'exec'))\n"
+               "profiler.disable()\npstats.Stats(profiler).sort_stats('tottime').print_stats(15)\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {
+        "PYTHONPATH": str(HERE), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-c", wrapped], cwd=HERE, env=env).returncode
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--baseline", type=Path, required=True, help="another checkout of the project (the 'before')")
+    parser.add_argument("--baseline", type=Path, help="another checkout of the project (the 'before')")
     parser.add_argument("--rounds", type=int, default=3, help="side-by-side rounds; the ratio is reported per round")
     parser.add_argument("--iterations", type=int, default=6, help="timed iterations per side and round (after 1 warm-up)")
     parser.add_argument("--this-side", nargs="*", default=[], help="overrides for this tree's side only")
+    parser.add_argument("--profile", action="store_true",
+                        help="instead: profile this tree's iterations (cProfile, one thread) and print the costliest calls")
     parser.add_argument("--name", default="summary", help="result file name under benchmarks/results/throughput/")
     parser.add_argument("overrides", nargs="*", help="config overrides for both sides (dotted keys)")
     args = parser.parse_args(argv)
-    if not (args.baseline / "superflow_lite" / "trainer.py").is_file():
-        print(f"error: --baseline {args.baseline} is not a checkout of this project", file=sys.stderr)
+    if args.profile:
+        return profile(args.iterations, [*args.overrides, *args.this_side])
+    if args.baseline is None or not (args.baseline / "superflow_lite" / "trainer.py").is_file():
+        print(f"error: --baseline {args.baseline} is not a checkout of this project; give one (git worktree add)", file=sys.stderr)
         return 2
     rounds = []
     for r in range(args.rounds):
