@@ -53,10 +53,14 @@ print(json.dumps({"rollouts": rollouts, "seconds": seconds, "rollouts_per_s": ro
 """
 
 
-def start_side(tree: Path, iterations: int, overrides: list[str]) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {
+def side_env(tree: Path) -> dict[str, str]:
+    """One thread, offline, importing `tree`'s superflow_lite."""
+    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {
         "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    return subprocess.Popen([sys.executable, "-c", CHILD, str(iterations), *overrides], cwd=tree, env=env,
+
+
+def start_side(tree: Path, iterations: int, overrides: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", CHILD, str(iterations), *overrides], cwd=tree, env=side_env(tree),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -74,9 +78,7 @@ def profile(iterations: int, overrides: list[str]) -> int:
                "profiler = cProfile.Profile()\nprofiler.enable()\n"
                f"exec(compile({CHILD!r}, 'child', 'exec'))\n"
                "profiler.disable()\npstats.Stats(profiler).sort_stats('tottime').print_stats(15)\n")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {
-        "PYTHONPATH": str(HERE), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-c", wrapped], cwd=HERE, env=env).returncode
+    return subprocess.run([sys.executable, "-c", wrapped], cwd=HERE, env=side_env(HERE)).returncode
 
 
 def main(argv: list[str] | None = None) -> int:
