@@ -22,7 +22,8 @@ from test_ui_manager import TINY, kill_leftovers, wait_for  # noqa: E402
 
 
 # gradio's own queue code trips pandas 3 deprecations; not ours to fix.
-pytestmark = pytest.mark.filterwarnings("ignore:.*no_silent_downcasting", "ignore:The copy keyword is deprecated")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.filterwarnings("ignore:.*no_silent_downcasting", "ignore:The copy keyword is deprecated")]
 
 
 def free_port() -> int:

@@ -12,6 +12,9 @@ import pytest
 from benchmark_scripts import load_benchmark
 from superflow_lite.stats import aligned, bootstrap_ratio, paired_bootstrap, read_eval_items
 
+# Slow (whole processes, real runs or long measurements): left out of the quick loop, pytest -m "not slow".
+pytestmark = pytest.mark.slow
+
 ITEMS = [(f"prompt {i}", s) for i in range(6) for s in range(2)]
 
 

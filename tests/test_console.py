@@ -14,6 +14,9 @@ import pytest
 from superflow_lite.console import LIBRARY_NOTICES, RunSummary, _DropNotices, eval_line, filter_library_notices
 from superflow_lite.rundir import read_metrics
 
+# Slow (whole processes, real runs or long measurements): left out of the quick loop, pytest -m "not slow".
+pytestmark = pytest.mark.slow
+
 OURS = re.compile(r"^\d\d:\d\d:\d\d (INFO|WARNING|ERROR) ")
 BAR = re.compile(r"^(training|evaluating step \d+): +\d+%\|")
 SHORT_RUN = ["train.iterations=1", "superflow.prompts_per_iter=2", "superflow.group_size=2", "superflow.m_max=4",

@@ -17,6 +17,9 @@ from superflow_lite.train import main
 from superflow_lite.trainer import Trainer
 from superflow_lite.world.model import WORLD_MODEL_DIR
 
+# Slow (whole processes, real runs or long measurements): left out of the quick loop, pytest -m "not slow".
+pytestmark = pytest.mark.slow
+
 
 def test_exported_lora_reloads_in_a_fresh_pipeline_with_its_scale(tmp_path, fast_overrides, tiny_pipe):
     # alpha != r: without the adapter metadata diffusers would reload it at scale 1.0.

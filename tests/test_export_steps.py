@@ -15,6 +15,9 @@ from superflow_lite.export import main as export_main
 from superflow_lite.rundir import list_checkpoints
 from superflow_lite.train import main as train_main
 
+# Slow (whole processes, real runs or long measurements): left out of the quick loop, pytest -m "not slow".
+pytestmark = pytest.mark.slow
+
 FORMATS = ("pytorch_lora_weights.safetensors", "peft/adapter_model.safetensors", "peft/adapter_config.json", "README.md")
 
 

@@ -25,6 +25,9 @@ from superflow_lite.rundir import (DONE, FAILED, STOPPED, latest_checkpoint_iter
                                    lora_complete, read_metrics, read_status, run_state)
 from superflow_lite.train import main
 
+# Slow (whole processes, real runs or long measurements): left out of the quick loop, pytest -m "not slow".
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 # Smaller than the shared fast overrides: a 2-step loop still samples, rewards, updates,
 # evaluates and checkpoints, and each drill runs several times.

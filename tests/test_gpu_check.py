@@ -7,6 +7,9 @@ import pytest
 
 from benchmark_scripts import load_benchmark
 
+# Slow (whole processes, real runs or long measurements): left out of the quick loop, pytest -m "not slow".
+pytestmark = pytest.mark.slow
+
 pytest.importorskip("bitsandbytes")
 
 

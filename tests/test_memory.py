@@ -255,6 +255,7 @@ def test_rollout_buffer_copy_on_cpu():
     assert torch.equal(out, t)
 
 
+@pytest.mark.slow
 def test_int8_kept_inputs_law_equals_real_width_blocks():
     """bitsandbytes' MatMul8bitLt keeps its inputs outside save_for_backward: the counted law
     equals what a real-width int8 transformer (4 blocks, every block kind) holds after its

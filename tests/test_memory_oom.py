@@ -6,10 +6,15 @@ import logging
 
 import torch
 
+import pytest
+
 from superflow_lite import trainer as trainer_module
 from superflow_lite.config import build_config
 from superflow_lite.rewards.async_scorer import AsyncRewardScorer
 from superflow_lite.rundir import RunDir
+
+# Slow (whole processes, real runs or long measurements): left out of the quick loop, pytest -m "not slow".
+pytestmark = pytest.mark.slow
 
 
 def test_oom_halves_micro_batches_and_the_iteration_completes(tmp_path, fast_overrides, monkeypatch, caplog):

@@ -22,6 +22,9 @@ from superflow_lite.rundir import read_metrics, read_status
 from superflow_lite.train import parse_args
 from tests.conftest import FAST_OVERRIDES
 
+# Slow (whole processes, real runs or long measurements): left out of the quick loop, pytest -m "not slow".
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 LR = 1e-3  # the tiny preset's train.lr, written out: the LoRA tolerance is a fraction of it
 # train.updates_per_iter=3 cuts each iteration's 8 rollouts into minibatches of 3, 3 and 2:

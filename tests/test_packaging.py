@@ -13,6 +13,9 @@ from pathlib import Path
 
 import pytest
 
+# Slow (whole processes, real runs or long measurements): left out of the quick loop, pytest -m "not slow".
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE_ONLY = shutil.ignore_patterns(".git", ".venv", "runs", "build", "*.egg-info", "__pycache__", ".pytest_cache",
                                      ".hypothesis", "results")

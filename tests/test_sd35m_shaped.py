@@ -9,11 +9,16 @@ import math
 
 import torch
 
+import pytest
+
 from superflow_lite import models
 from superflow_lite import trainer as trainer_module
 from superflow_lite.config import build_config
 from superflow_lite.rewards.async_scorer import AsyncRewardScorer
 from superflow_lite.rundir import RunDir
+
+# Slow (whole processes, real runs or long measurements): left out of the quick loop, pytest -m "not slow".
+pytestmark = pytest.mark.slow
 
 OVERRIDES = [  # 4 rollouts of 2 steps: a full iteration in seconds at width 1536
     "train.iterations=1", "superflow.prompts_per_iter=2", "superflow.group_size=2", "superflow.m_min=2",

@@ -14,6 +14,9 @@ from superflow_lite.rundir import read_status
 from superflow_lite.ui.manager import LaunchError, RunManager
 from superflow_lite.ui.runs import display_state, failure_report, latest_checkpoint_iteration, list_runs, lora_file
 
+# Slow (whole processes, real runs or long measurements): left out of the quick loop, pytest -m "not slow".
+pytestmark = pytest.mark.slow
+
 # The smallest loop that still samples, rewards, updates, evaluates and checkpoints.
 TINY = ["superflow.prompts_per_iter=2", "superflow.group_size=2", "superflow.m_max=2", "superflow.m_min=2",
         "superflow.rollout_cap=4", "sampling.micro_batch=8", "train.micro_batch=8", "prompts.num_eval_prompts=2",

@@ -20,6 +20,9 @@ from superflow_lite.world.model import (
 from superflow_lite.world.reward import ShapesReward
 from superflow_lite.world.tokenizers import build_clip_tokenizer, build_t5_tokenizer
 
+# Slow (whole processes, real runs or long measurements): left out of the quick loop, pytest -m "not slow".
+pytestmark = pytest.mark.slow
+
 PROMPTS = [
     "a photo of a red circle",
     "a photo of a blue square",
