@@ -165,7 +165,8 @@ class RunSummary:
 def eval_scope_line(prompts: list[str], seeds: list[int], split: str) -> str:
     """What every evaluation of the run scores, said once at its start."""
     kind = {"pool": "trained prompts (fresh noise seeds)", "val": "validation prompts"}.get(split, "test prompts")
-    span = f"{seeds[0]}-{seeds[-1]}" if seeds == list(range(seeds[0], seeds[0] + len(seeds))) else ", ".join(map(str, seeds))
+    consecutive = len(seeds) > 1 and seeds == list(range(seeds[0], seeds[0] + len(seeds)))
+    span = f"{seeds[0]}-{seeds[-1]}" if consecutive else ", ".join(map(str, seeds))
     shown = "; ".join(prompts[:4]) + (f"; ... ({len(prompts) - 4} more)" if len(prompts) > 4 else "")
     return (f"evaluation: {len(prompts)} {kind} x {len(seeds)} seeds ({span}) = {len(prompts) * len(seeds)} images, "
             f"the same noise at every step: {shown}")

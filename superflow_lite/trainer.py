@@ -559,9 +559,13 @@ class Trainer:
 
 
     # ------------------------------------------------------------------ eval, export, loop
+    def eval_prompts(self) -> list[str]:
+        """The prompts every evaluation of this run scores (prompts.eval_split, num_eval_prompts)."""
+        return eval_subset(self.prompt_set.eval_prompts(self.cfg.prompts.eval_split), self.cfg.prompts.num_eval_prompts)
+
     def evaluate(self, step: int) -> dict[str, float]:
         cfg = self.cfg
-        prompts = eval_subset(self.prompt_set.eval_prompts(cfg.prompts.eval_split), cfg.prompts.num_eval_prompts)
+        prompts = self.eval_prompts()
         with (self.ema.swapped_in() if self.ema else contextlib.nullcontext()):
             # The unwrapped model: the main process evaluates alone, with no collective to match.
             return evaluate_and_save(
@@ -601,7 +605,7 @@ class Trainer:
         baseline, latest = console.evaluations(read_metrics(run.path)) if main else (None, None)
         bar = tqdm(total=total, initial=self.iteration, disable=not (progress and main), unit="it",
                    dynamic_ncols=True, desc="training")
-        eval_prompts = eval_subset(self.prompt_set.eval_prompts(cfg.prompts.eval_split), cfg.prompts.num_eval_prompts)
+        eval_prompts = self.eval_prompts()
         num_images = len(eval_prompts) * len(cfg.prompts.eval_seeds)
         if main:
             log.info(console.eval_scope_line(eval_prompts, list(cfg.prompts.eval_seeds), cfg.prompts.eval_split))

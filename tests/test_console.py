@@ -60,6 +60,12 @@ def test_console_reports_each_evaluation_and_a_closing_summary(short_run):
     assert re.search(r"done after 1/1 iterations, \d+ rollouts, in \d+s", stderr)
 
 
+def test_console_says_once_what_every_evaluation_scores(short_run):
+    _, _, stderr = short_run
+    assert stderr.count("evaluation: 2 test prompts x 4 seeds (0-3) = 8 images, the same noise at every step: "
+                        "a photo of a red circle; a photo of a blue circle and a red square") == 1
+
+
 def test_model_card_says_what_was_trained_and_how_well(short_run):
     out, _, _ = short_run
     card = (out / "lora" / "README.md").read_text()
