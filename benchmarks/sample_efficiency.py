@@ -14,6 +14,11 @@ bootstrap interval (runs and items resampled):
     OMP_NUM_THREADS=1 python benchmarks/sample_efficiency.py --methods flow_grpo --seeds 0 1 2 3 4
     python benchmarks/sample_efficiency.py --summary-only --methods flow_grpo superflow --seeds 0 1 2 3 4
 
+Where learning happens (the regimes, at the default job's settings; 48 iterations):
+
+    OMP_NUM_THREADS=1 python benchmarks/sample_efficiency.py --regime focused --methods flow_grpo superflow \
+        --out benchmarks/results/regime_focused
+
 Finished runs are reused, so methods and seeds can run in separate processes (two at a
 time on a 2-core machine, one thread each) and be summarised together. Seconds are the
 training iterations' own wall time (evaluation and loading excluded); compare them only
@@ -79,6 +84,10 @@ def curve(run_dir: Path) -> dict:
              "extra_sample_batches": float(np.mean([r.get("perf/sample_batches", 0.0)
                                                     - r.get("perf/sample_batches_one_phase", r.get("perf/sample_batches", 0.0))
                                                     for r in later])) if later else float("nan")}
+    # The share of rollouts spent on groups whose rewards did not vary (no group-mean signal).
+    spent = [(r["rollouts/iter"], r["reward/zero_std_rollout_frac"]) for r in rows
+             if "reward/zero_std_rollout_frac" in r and "rollouts/iter" in r]
+    costs["zero_spread_share"] = (sum(n * f for n, f in spent) / sum(n for n, _ in spent)) if spent else float("nan")
     points: dict[int, tuple[float, float, float, float]] = {}
     rollouts, spent_s = 0.0, 0.0
     for row in rows:
@@ -190,6 +199,7 @@ def summarise(by_seed: dict[str, dict[int, dict]], reference: str = REFERENCE, t
             "final_strict": [float(c["strict"][-1]) for c in runs],
             "reward_curve_mean": np.mean([c["reward"] for c in runs], axis=0).tolist() if _same_grid(runs) else None,
             "credit_share": float(np.mean([c.get("credit_share", np.nan) for c in runs])),
+            "zero_spread_share": float(np.mean([c.get("zero_spread_share", np.nan) for c in runs])),
             "extra_sample_batches": float(np.mean([c.get("extra_sample_batches", np.nan) for c in runs])),
             "visits_per_prompt": float(np.mean([c["visits"]["visits_per_prompt"] for c in runs if "visits" in c] or [np.nan])),
             "first_visit_frac": float(np.mean([c["visits"]["first_visit_frac"] for c in runs if "visits" in c] or [np.nan])),
@@ -267,8 +277,8 @@ def table(summary: dict) -> str:
         "| method | seeds | visits per prompt (first visits) | strict gain over base | reward gain over base | rollouts to target | "
         f"rollouts ratio to {ref} | seconds ratio to {ref} | reward vs {ref} at equal rollouts | "
         f"strict vs {ref} at equal rollouts | reward AUC vs {ref} | seconds per rollout ratio (side by side only) | "
-        "x0 scoring share of its time | extra sampling passes |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "x0 scoring share of its time | extra sampling passes | rollouts on groups with zero reward spread |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for method, m in summary["methods"].items():
         lines.append(
@@ -278,7 +288,7 @@ def table(summary: dict) -> str:
             f"{fmt(m.get('seconds_ratio'), 2, False)} | {fmt(m.get('reward_vs_reference'))} | "
             f"{fmt(m.get('strict_vs_reference'))} | {fmt(m.get('reward_auc_vs_reference'))} | "
             f"{fmt(m.get('seconds_per_rollout_ratio'), 2, False)} | {_share(m.get('credit_share'))} | "
-            f"{_count(m.get('extra_sample_batches'))} |")
+            f"{_count(m.get('extra_sample_batches'))} | {_share(m.get('zero_spread_share'))} |")
     return "\n".join(lines)
 
 
@@ -333,6 +343,32 @@ def recurring_pool(out: Path, size: int, eval_seeds: int = POOL_EVAL_SEEDS) -> l
             f"prompts.eval_seeds=[{','.join(map(str, range(eval_seeds)))}]"]
 
 
+# The regimes where learning happens, fixed before any of their runs. Both train at the
+# default job's settings (preset tiny-focus: lr 2e-3 with the LoRA's moving average, 2 prompts
+# per iteration, groups of 16 (flow_grpo) or 8-16 (superflow) under the 32-rollout cap) and
+# score the pool's own prompts at fresh noise seeds, the same at every evaluation (paired).
+REGIME_ITERATIONS = 48
+REGIMES = {
+    "focused": "the default job's two position prompts (strict ~0.1), 64 seeds each (1000-1063)",
+    "mixed": "those two beside two single-object prompts the base model already draws (strict ~1.0), "
+             "32 seeds each (1000-1031); 2 of the 4 prompts per iteration, so which prompts are chosen matters",
+}
+
+
+def regime_overrides(out: Path, regime: str) -> list[str]:
+    """The overrides of a regime on top of preset tiny-focus (which is the focused regime)."""
+    if regime == "focused":
+        return []
+    from superflow_lite.world.prompts import focus_prompts, prompt_category, rl_train_prompts
+
+    solved = [p for p in rl_train_prompts() if prompt_category(p) == "single"][:2]  # the first two in pool order
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "mixed_pool.txt"
+    path.write_text("\n".join(focus_prompts() + solved) + "\n")
+    return [f"prompts.source={path}", "prompts.num_eval_prompts=4",
+            f"prompts.eval_seeds=[{','.join(map(str, range(1000, 1032)))}]"]
+
+
 def visits(run_dir: Path) -> dict:
     """How often the run revisited its prompts: prompt visits per distinct prompt seen, and the
     share of groups that were a prompt's first visit (where no tracker knows anything yet)."""
@@ -343,10 +379,13 @@ def visits(run_dir: Path) -> dict:
             "visits_per_prompt": groups / max(first, 1)}
 
 
-def run_once(run_dir: Path, method: str, seed: int, iterations: int, eval_every: int, extra: list[str]) -> None:
+def run_once(run_dir: Path, method: str, seed: int, iterations: int, eval_every: int, extra: list[str],
+             regime: str = "") -> None:
     if run_dir.exists():
         shutil.rmtree(run_dir)
-    code = train_main(["--preset", "tiny", "--no-progress", "--output", str(run_dir), *BUDGET, *EVALUATION, *TUNED,
+    # A regime brings its own settings (tiny-focus's); the whole pool uses the tuned baseline's.
+    setting = ["--preset", "tiny-focus"] if regime else ["--preset", "tiny", *BUDGET, *EVALUATION, *TUNED]
+    code = train_main([*setting, "--no-progress", "--output", str(run_dir),
                        *METHODS[method], f"train.seed={seed}", f"train.iterations={iterations}",
                        f"output.eval_every={eval_every}", f"output.checkpoint_every={iterations}", *extra])
     if code != 0:
@@ -357,7 +396,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    parser.add_argument("--iterations", type=int, default=32)
+    parser.add_argument("--iterations", type=int, default=None, help=f"default: 32, or {REGIME_ITERATIONS} in a regime")
     parser.add_argument("--eval-every", type=int, default=8)
     parser.add_argument("--target", type=float, default=None,
                         help=f"test reward to reach; default: {REFERENCE}'s final mean test reward")
@@ -368,15 +407,24 @@ def main() -> int:
                         help="the recurring regime: train on N train prompts only and score those (0: the whole pool of 618, scored on the test split)")
     parser.add_argument("--pool-seeds", type=int, default=POOL_EVAL_SEEDS, metavar="S",
                         help="the recurring regime's evaluation: each pool prompt with seeds 0..S-1")
+    parser.add_argument("--regime", choices=list(REGIMES), default="",
+                        help="a regime where learning happens, at the default job's settings: "
+                             + "; ".join(f"{k}: {v}" for k, v in REGIMES.items())
+                             + f" (default iterations there: {REGIME_ITERATIONS})")
     parser.add_argument("--fresh", action="store_true", help="delete earlier runs instead of reusing them")
     parser.add_argument("--summary-only", action="store_true", help="train nothing: summarise the finished runs")
     args = parser.parse_args()
-    extra = [*args.set, *(recurring_pool(args.out, args.pool, args.pool_seeds) if args.pool else [])]
+    if args.regime and args.pool:
+        parser.error("--regime and --pool choose the prompts two ways; give one")
+    if args.iterations is None:
+        args.iterations = REGIME_ITERATIONS if args.regime else 32
+    extra = [*args.set, *(recurring_pool(args.out, args.pool, args.pool_seeds) if args.pool else []),
+             *(regime_overrides(args.out, args.regime) if args.regime else [])]
     raw = load_raw(args.out / RAW_FILE)
     curves: dict[str, dict[int, dict]] = {}
     fresh: dict[str, dict[int, dict]] = {}
-    for method in args.methods:
-        for seed in args.seeds:
+    for seed in args.seeds:  # seed by seed: every finished seed is a paired comparison
+        for method in args.methods:
             run_dir = args.out / "runs" / f"{method}-s{seed}"
             if args.fresh and run_dir.exists():
                 shutil.rmtree(run_dir)
@@ -385,7 +433,7 @@ def main() -> int:
                     if not args.fresh and seed in raw.get(method, {}):
                         curves.setdefault(method, {})[seed] = raw[method][seed]
                     continue
-                run_once(run_dir, method, seed, args.iterations, args.eval_every, extra)
+                run_once(run_dir, method, seed, args.iterations, args.eval_every, extra, args.regime)
             c = {**curve(run_dir), "visits": visits(run_dir)}
             curves.setdefault(method, {})[seed] = fresh.setdefault(method, {})[seed] = c
     if fresh:
@@ -398,7 +446,8 @@ def main() -> int:
     summary = summarise(curves, REFERENCE, args.target)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
-    scored_on = (f"recurring pool of {args.pool} train prompts, scored on them x {args.pool_seeds} seeds"
+    scored_on = (f"{args.regime} regime: {REGIMES[args.regime]}" if args.regime else
+                 f"recurring pool of {args.pool} train prompts, scored on them x {args.pool_seeds} seeds"
                  if args.pool else "72 test prompts x 4 seeds")
     plot({m: list(runs.values()) for m, runs in curves.items()}, args.out / "curves.png", scored_on)
     print(table(summary))

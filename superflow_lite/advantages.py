@@ -135,20 +135,32 @@ def step_advantages(adv: np.ndarray, weights: np.ndarray, clip: float) -> np.nda
     return np.clip(np.outer(np.asarray(adv, dtype=np.float64), np.asarray(weights, dtype=np.float64)), -clip, clip)
 
 
-def zero_std_group_frac(rewards: np.ndarray, group_ids: np.ndarray, atol: float = 1e-6) -> float:
-    """Fraction of groups with >= 2 rollouts whose rewards are all equal (no group-mean signal).
-
-    1-rollout groups are left out: their std is zero by construction, not by the policy.
-    """
+def _flat_groups(rewards: np.ndarray, group_ids: np.ndarray, atol: float) -> tuple[np.ndarray, np.ndarray]:
+    """(counts [G], flat [G]): each group's size, and whether it has >= 2 rollouts and a
+    reward std of at most atol. 1-rollout groups are never flat: their std is zero by
+    construction, not by the policy."""
     r = np.asarray(rewards, dtype=np.float64)
     g = np.asarray(group_ids, dtype=np.int64)
     counts = np.bincount(g)
     means = _group_means(r, g)
     var = np.bincount(g, weights=(r - means[g]) ** 2, minlength=len(counts))
     multi = counts >= 2
-    if not multi.any():
-        return 0.0
-    return float((np.sqrt(var[multi] / counts[multi]) <= atol).mean())
+    flat = multi & (np.sqrt(var / np.maximum(counts, 1)) <= atol)
+    return counts, flat
+
+
+def zero_std_group_frac(rewards: np.ndarray, group_ids: np.ndarray, atol: float = 1e-6) -> float:
+    """Fraction of groups with >= 2 rollouts whose rewards are all equal (no group-mean signal)."""
+    counts, flat = _flat_groups(rewards, group_ids, atol)
+    multi = counts >= 2
+    return float(flat[multi].mean()) if multi.any() else 0.0
+
+
+def zero_std_rollout_frac(rewards: np.ndarray, group_ids: np.ndarray, atol: float = 1e-6) -> float:
+    """Share of the iteration's rollouts spent on such groups: what a fixed group size wastes
+    on a prompt whose rewards no longer vary (ALGORITHM.md section 3's argument for dynamic groups)."""
+    counts, flat = _flat_groups(rewards, group_ids, atol)
+    return float(counts[flat].sum() / max(counts.sum(), 1))
 
 
 def compute_advantages(
@@ -184,6 +196,7 @@ def compute_advantages(
     adv_steps = step_advantages(adv, w, clip)
     stats = {
         "reward/unit_mean": float(r.mean()), "reward/zero_std_frac": zero_std_group_frac(r, g),
+        "reward/zero_std_rollout_frac": zero_std_rollout_frac(r, g),
         "adv/baseline_mean": float(b.mean()), "adv/raw_std": float((r - b).std()),
         "adv/clip_frac": float((np.abs(np.outer(adv, w)) > clip).mean()),
     }

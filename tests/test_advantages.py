@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from superflow_lite.advantages import (
     compute_advantages, flow_grpo_advantages, group_mean_baseline, scale_advantages, standardize, step_advantages,
-    step_weights, tracker_baseline, zero_std_group_frac,
+    step_weights, tracker_baseline, zero_std_group_frac, zero_std_rollout_frac,
 )
 
 FAST = settings(max_examples=60, deadline=None)
@@ -114,6 +114,14 @@ def test_zero_std_group_frac():
     assert zero_std_group_frac(r, g) == 0.5  # group 2 has one rollout: not counted
 
 
+def test_zero_std_rollout_frac_counts_the_rollouts_of_flat_groups():
+    # Group 0 (3 rollouts) is flat, group 1 (2) varies, group 2 (1 rollout) is never flat.
+    r, g = np.array([1.0, 1.0, 1.0, 0.0, 1.0, 0.5]), np.array([0, 0, 0, 1, 1, 2])
+    assert zero_std_rollout_frac(r, g) == pytest.approx(3 / 6)
+    assert zero_std_group_frac(r, g) == 0.5  # 1 of the 2 groups that can vary: sizes are not weighed
+    assert zero_std_rollout_frac(np.array([0.3, 0.7]), np.array([0, 0])) == 0.0
+
+
 def test_compute_advantages_none_is_trajectory_level(sd3_sigmas):
     rng = np.random.default_rng(0)
     r, g = rng.random(12), np.repeat(np.arange(3), 4)
@@ -136,6 +144,7 @@ def test_compute_advantages_tracker_sigma(sd3_sigmas):
     assert adv == pytest.approx(np.clip(np.outer(a, SIGMA_TABLE), -5, 5), abs=0.03)
     assert stats["adv/step0/weight"] == pytest.approx(2.06, abs=0.01)
     assert stats["reward/zero_std_frac"] == pytest.approx(0.5)
+    assert stats["reward/zero_std_rollout_frac"] == pytest.approx(2 / 5)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         compute_advantages(r * 2, g, baseline="tracker", values_before=values, first_visit=first,
                            sigmas=sd3_sigmas, noise_level=0.7, trained_steps=range(9), weight_kind="sigma")
