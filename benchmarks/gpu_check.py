@@ -351,7 +351,7 @@ def step_preset(preset: str, smoke: bool, device) -> dict:
 
             opt = bnb.optim.AdamW8bit(params, lr=1e-5)
     record["load"] = _phase_record(ph, static=True)
-    rows_enc = cfg.superflow.prompts_per_iter + 1
+    rows_enc = cfg.batch.prompts_per_iter + 1
     with Phase(device) as ph:
         with torch.no_grad():
             embeds, pooled = encode(parts, rows_enc, t5_len, device)

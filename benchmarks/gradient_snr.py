@@ -71,7 +71,7 @@ def main() -> int:
     g = args.group_size
     cfg = build_config("tiny", None, [
         "algorithm=flow_grpo", f"prompts.source={work / 'prompts.txt'}", f"prompts.test_source={work / 'prompts.txt'}",
-        "superflow.prompts_per_iter=2", f"superflow.group_size={g}", f"superflow.rollout_cap={2 * g}",
+        "batch.prompts_per_iter=2", f"batch.group_size={g}", f"batch.rollout_cap={2 * g}",
         "train.kl_beta=0", *args.set])
     run = RunDir(work / "run")
     run.create()

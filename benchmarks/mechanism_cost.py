@@ -35,8 +35,8 @@ KEYS = ("perf/iter_s", "perf/sample_s", "perf/credit_s", "perf/sample_probe_s", 
 
 
 # The setting the figures in benchmarks/RESULTS.md were measured at: 8 prompts under a cap of 32.
-SETTING = ["train.kl_beta=0", "superflow.prompts_per_iter=8", "superflow.group_size=4", "superflow.m_max=6",
-           "superflow.m_min=2", "superflow.num_bins=3", "superflow.rollout_cap=32"]
+SETTING = ["train.kl_beta=0", "batch.prompts_per_iter=8", "batch.group_size=4", "superflow.m_max=6",
+           "superflow.m_min=2", "superflow.num_bins=3", "batch.rollout_cap=32"]
 
 
 def time_variant(overrides: list[str], iterations: int) -> dict[str, float]:

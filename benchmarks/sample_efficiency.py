@@ -57,7 +57,7 @@ METHODS: dict[str, list[str]] = {
 REFERENCE = "flow_grpo"
 
 # One budget for all methods: at most 32 rollouts per iteration.
-BUDGET = ["superflow.rollout_cap=32"]
+BUDGET = ["batch.rollout_cap=32"]
 # The paired test evaluation: every test prompt, 4 seeds each (288 items).
 EVALUATION = ["prompts.eval_split=test", "prompts.num_eval_prompts=72", "prompts.eval_seeds=[0,1,2,3]",
               "sampling.eval_num_steps=20"]
@@ -65,7 +65,7 @@ EVALUATION = ["prompts.eval_split=test", "prompts.num_eval_prompts=72", "prompts
 # gain on the validation split), used by every method: 2 prompts x 16 rollouts per iteration.
 # SuperFlow's groups range around the same size (16 for the most uncertain bin, 8 for the least).
 TUNED = ["train.lr=1e-3", "train.clip_range=1e-3", "train.kl_beta=0", "sampling.noise_level=0.7",
-         "superflow.prompts_per_iter=2", "superflow.group_size=16",
+         "batch.prompts_per_iter=2", "batch.group_size=16",
          "superflow.m_max=16", "superflow.m_min=8", "superflow.num_bins=2"]
 
 

@@ -29,7 +29,7 @@ from superflow_lite.stats import aligned, paired_bootstrap, read_eval_items  # n
 from superflow_lite.train import main as train_main  # noqa: E402
 
 BUDGET = [
-    "algorithm=flow_grpo", "superflow.prompts_per_iter=8", "superflow.group_size=4", "superflow.rollout_cap=32",
+    "algorithm=flow_grpo", "batch.prompts_per_iter=8", "batch.group_size=4", "batch.rollout_cap=32",
 ]
 VALIDATION = ["prompts.eval_split=val", "prompts.num_eval_prompts=42", "prompts.eval_seeds=[0,1,2,3]",
               "sampling.eval_num_steps=20"]
@@ -46,7 +46,7 @@ def around(*changes: str) -> list[str]:
 
 
 # Round 4's budget and shape: the best of round 3 (2 x 16 at lr 1e-3) for 96 iterations.
-ROUND4 = ["train.lr=1e-3", "superflow.prompts_per_iter=2", "superflow.group_size=16", "train.iterations=96",
+ROUND4 = ["train.lr=1e-3", "batch.prompts_per_iter=2", "batch.group_size=16", "train.iterations=96",
           "output.eval_every=48", "output.checkpoint_every=96"]
 
 # Round 5: round 4's shape at a third of the learning rate for 128 iterations (4096 rollouts).
@@ -63,11 +63,11 @@ SETTINGS: dict[str, list[str]] = {
     # Round 2: around lr 3e-3 (1e-3 barely moves the policy, 1e-2 degrades it).
     "lr3e-3": around("train.lr=3e-3"),
     "lr3e-3-updates4": around("train.lr=3e-3", "train.updates_per_iter=4"),
-    "lr3e-3-groups8": around("train.lr=3e-3", "superflow.prompts_per_iter=4", "superflow.group_size=8"),
-    "lr3e-3-groups16": around("train.lr=3e-3", "superflow.prompts_per_iter=2", "superflow.group_size=16"),
+    "lr3e-3-groups8": around("train.lr=3e-3", "batch.prompts_per_iter=4", "batch.group_size=8"),
+    "lr3e-3-groups16": around("train.lr=3e-3", "batch.prompts_per_iter=2", "batch.group_size=16"),
     # Round 3: fewer prompts with larger groups (2 x 16) did best in round 2.
-    "lr1e-3-groups16": around("train.lr=1e-3", "superflow.prompts_per_iter=2", "superflow.group_size=16"),
-    "lr3e-3-groups16-kl0.04": around("train.lr=3e-3", "superflow.prompts_per_iter=2", "superflow.group_size=16",
+    "lr1e-3-groups16": around("train.lr=1e-3", "batch.prompts_per_iter=2", "batch.group_size=16"),
+    "lr3e-3-groups16-kl0.04": around("train.lr=3e-3", "batch.prompts_per_iter=2", "batch.group_size=16",
                                      "train.kl_beta=0.04"),
     # Round 4: variance reduction at 4x the budget (96 iterations, 3072 rollouts). Rounds 1-3
     # moved strict accuracy by a few hundredths at most: one batch's gradient is mostly noise

@@ -8,15 +8,17 @@ the batch's raw rewards, plus `train.adv_eps` = 1e-4; group: the prompt's group'
 and `train.detach_uncond` (the unconditional CFG branch detached in the policy update).
 
 `algorithm: superflow` reads its switches from the config (`superflow.*`, and the
-advantage scaling and CFG detach in `train.*`, which both algorithms share).
+advantage scaling and CFG detach in `train.*`, which both algorithms share). What one
+iteration samples (`batch.*`: B prompts, G per fixed group, the cap R) is not a switch:
+both algorithms read it.
 
 The trainer, the group sampler, the memory plan and the config validation read the
 resolved `AlgorithmSpec` and nothing else, so a flow_grpo run cannot pick up a
-SuperFlow switch by accident.
+SuperFlow switch by accident; docs/ALGORITHM.md's table of the two is `spec_table()`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
@@ -33,7 +35,8 @@ class AlgorithmSpec:
 
     name: Literal["superflow", "flow_grpo"]
     prompt_choice: Literal["uniform", "uncertainty"]
-    """uniform: B prompts without replacement; uncertainty: w_c = sqrt(v(1-v)) + floor (section 3)."""
+    """uniform: B prompts without replacement, over the cap the last drawn dropped; uncertainty:
+    drawn by w_c = sqrt(v(1-v)) + floor, over the cap the least uncertain dropped (section 3)."""
     dynamic_groups: bool
     """Group sizes from the uncertainty bins (section 3); False: every group has G rollouts."""
     baseline: Literal["tracker", "group_mean"]
@@ -56,7 +59,8 @@ class AlgorithmSpec:
 
     @property
     def min_group(self) -> int:
-        """The smallest group the baseline and the scaling can use."""
+        """The smallest group the baseline and the scaling can use: the group mean of one
+        rollout is its own reward, and a one-rollout group's std is zero."""
         needs_pairs = self.baseline == "group_mean" or self.adv_std == "group"
         return 2 if needs_pairs else 1
 
@@ -69,6 +73,46 @@ class AlgorithmSpec:
     def group_bounds(self, group_size: int, m_max: int, m_min: int) -> tuple[int, int]:
         """(largest, smallest) rollouts per prompt: what the memory plan and the cap check size."""
         return (m_max, self.smallest_group(group_size, m_min)) if self.dynamic_groups else (group_size, group_size)
+
+
+def algorithm_problems(cfg: "Config") -> list[str]:
+    """What the run's algorithm needs of the config and does not get: config validation's
+    algorithm checks, each message saying what to change."""
+    b, sf = cfg.batch, cfg.superflow
+    spec = resolve_algorithm(cfg)
+    smallest = spec.smallest_group(b.group_size, sf.m_min)
+    if smallest < spec.min_group:
+        return [f"group size {smallest} < 2: the group-mean baseline and train.adv_std=group need >= 2 rollouts per prompt"]
+    problems = []
+    if spec.name == "superflow" and sf.allocation == "probe":
+        if not sf.dynamic_groups:
+            problems.append("superflow.allocation=probe sizes the groups itself: it needs superflow.dynamic_groups=true")
+        elif not spec.min_group <= sf.probe_size <= sf.m_max:
+            problems.append(f"superflow.probe_size must be in {spec.min_group}..superflow.m_max ({sf.m_max}), "
+                            f"got {sf.probe_size}")
+        elif sf.variance_prior < 0:
+            problems.append(f"superflow.variance_prior must be >= 0, got {sf.variance_prior}")
+        elif sf.probe_size - 1 + sf.variance_prior <= 0:
+            problems.append("superflow.probe_size=1 with superflow.variance_prior=0 gives no variance: raise either")
+    # Flow-GRPO samples B x G every iteration: a cap set below that would silently drop prompts.
+    if spec.name == "flow_grpo" and b.rollout_cap and b.prompts_per_iter * b.group_size > b.rollout_cap:
+        problems.append(f"flow_grpo needs batch.prompts_per_iter*batch.group_size = {b.prompts_per_iter * b.group_size} "
+                        f"rollouts, above batch.rollout_cap={b.rollout_cap}")
+    return problems
+
+
+def spec_table() -> str:
+    """The Markdown table of what each algorithm resolves to at the config's defaults
+    (docs/ALGORITHM.md section 6 holds it verbatim; a test keeps the two equal)."""
+    from .config import Config
+
+    specs = {name: resolve_algorithm(Config(algorithm=name)) for name in ALGORITHM_NAMES}
+    rows = ["| `AlgorithmSpec` field | " + " | ".join(f"`{name}`" for name in specs) + " |",
+            "| --- |" + " --- |" * len(specs)]
+    for f in fields(AlgorithmSpec):
+        if f.name != "name":
+            rows.append(f"| {f.name} | " + " | ".join(f"{getattr(spec, f.name)}" for spec in specs.values()) + " |")
+    return "\n".join(rows)
 
 
 def resolve_algorithm(cfg: "Config") -> AlgorithmSpec:

@@ -7,6 +7,7 @@ types below; a bad value raises ConfigError naming the key and the valid choices
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import re
 import types
@@ -31,9 +32,22 @@ MAX_CONFIG_FILE_BYTES = 1_000_000
 # What an error message echoes of a user's value: enough to recognise it, one line long.
 MAX_ECHO_CHARS = 80
 
+log = logging.getLogger("superflow_lite")
+
 
 class ConfigError(ValueError):
     """A user-facing configuration problem; the message says what to change."""
+
+
+# Keys read under an older name for one release, with a warning: configs and runs written
+# with the old name keep working while their owners rename them. Runs write the new names.
+RENAMED_KEYS = {
+    "superflow.prompts_per_iter": "batch.prompts_per_iter",
+    "superflow.group_size": "batch.group_size",
+    "superflow.rollout_cap": "batch.rollout_cap",
+}
+# Keys that no longer change anything, accepted (and ignored) for one release, with a warning.
+RETIRED_KEYS = {"output.log_every": "the trainer logs every iteration"}
 
 
 @dataclass
@@ -94,11 +108,21 @@ class SamplingConfig:
 
 
 @dataclass
-class SuperFlowConfig:
+class BatchConfig:
+    """What one iteration samples, under either algorithm."""
+
     prompts_per_iter: int = 8
     """B: prompts drawn per iteration."""
     group_size: int = 8
-    """G for flow_grpo and for superflow with dynamic_groups off."""
+    """G: rollouts per prompt of a fixed group (flow_grpo; superflow with dynamic_groups off)."""
+    rollout_cap: int = 64
+    """R: most rollouts per iteration (ALGORITHM.md 5); 0 = take it from the memory plan."""
+
+
+@dataclass
+class SuperFlowConfig:
+    """SuperFlow's additions to Flow-GRPO (ALGORITHM.md 3 and 4); flow_grpo reads none of them."""
+
     dynamic_groups: bool = True
     """Variance-aware group sizes (ALGORITHM.md 3); off = fixed group_size."""
     m_max: int = 12
@@ -107,8 +131,6 @@ class SuperFlowConfig:
     """Group size of the least uncertain bin (>= 2 with the group-mean baseline)."""
     num_bins: int = 4
     """K: uncertainty bins between m_max and m_min."""
-    rollout_cap: int = 64
-    """R: most rollouts per iteration; 0 = take it from the memory plan."""
     baseline: Literal["tracker", "group_mean"] = "tracker"
     """b_i in A_i = r_i - b_i (ALGORITHM.md 4): the prompt's tracker value v_c before this iteration
     (a first visit uses its group mean), or the group mean as Flow-GRPO."""
@@ -242,8 +264,6 @@ class OutputConfig:
     exported from its checkpoint with `python -m superflow_lite.export RUN --step N`."""
     keep_loras: int = 0
     """How many intermediate LoRAs to keep, newest first (each is a few MB to ~100 MB); 0 = all."""
-    log_every: int = 1
-    """Kept for configs that set it; the trainer logs every iteration."""
     report_to: Literal["none", "tensorboard", "wandb"] = "none"
     """Also log metrics and eval images to a tracker (accelerate's integration); metrics.jsonl is always written."""
 
@@ -256,6 +276,7 @@ class Config:
     """The preset this config was resolved from (superflow_lite/presets/<name>.yaml); set by --preset."""
     model: ModelConfig = field(default_factory=ModelConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    batch: BatchConfig = field(default_factory=BatchConfig)
     superflow: SuperFlowConfig = field(default_factory=SuperFlowConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
@@ -354,10 +375,36 @@ def check_type(value: Any, tp: Any, key: str) -> Any:
     return _coerce(value, tp, key)
 
 
+def upgrade_keys(data: dict) -> dict:
+    """A copy of a nested mapping of config keys with RENAMED_KEYS under their new names and
+    RETIRED_KEYS left out, warning once for each (the superflow_lite logger; before the run's
+    log exists, Python prints it on stderr)."""
+    out = {section: dict(values) if isinstance(values, dict) else values for section, values in data.items()}
+    for old, new in [*RENAMED_KEYS.items(), *((key, None) for key in RETIRED_KEYS)]:
+        section, key = old.split(".")
+        if not isinstance(out.get(section), dict) or key not in out[section]:
+            continue
+        value = out[section].pop(key)
+        if new is None:
+            log.warning("%s is no longer used (%s): remove it from your config", old, RETIRED_KEYS[old])
+            continue
+        new_section, new_key = new.split(".")
+        target = out.setdefault(new_section, {})
+        if not isinstance(target, dict):
+            continue  # _merge_into reports the section that is not a mapping
+        if new_key in target:
+            raise ConfigError(f"both {old} and {new} are set; {old} is the old name of {new}: keep only {new}")
+        log.warning("%s is renamed %s; the old name is read in this release only: rename it in your config", old, new)
+        target[new_key] = value
+    return out
+
+
 def _merge_into(obj: Any, data: dict, prefix: str = "") -> None:
     """Overlay a (partial) nested dict onto a dataclass instance, validating each key."""
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {echo(data)}")
+    if not prefix:
+        data = upgrade_keys(data)
     hints = typing.get_type_hints(type(obj))
     names = [f.name for f in dataclasses.fields(obj)]
     for key, value in data.items():
@@ -601,12 +648,12 @@ def validate(cfg: Config) -> None:
     # NaN passes every `> 0` test below and inf every upper bound: reject both first.
     bad = non_finite_values(cfg)
     _require(not bad, f"{bad[0] if bad else ''} must be a finite number (not nan or inf); give a plain number")
-    s, sf, t = cfg.sampling, cfg.superflow, cfg.train
+    s, b, sf, t = cfg.sampling, cfg.batch, cfg.superflow, cfg.train
     positive = {
         "sampling.resolution": s.resolution, "sampling.num_steps": s.num_steps,
         "sampling.micro_batch": s.micro_batch, "sampling.eval_num_steps": s.eval_num_steps,
         "sampling.max_sequence_length": s.max_sequence_length,
-        "superflow.prompts_per_iter": sf.prompts_per_iter, "superflow.group_size": sf.group_size,
+        "batch.prompts_per_iter": b.prompts_per_iter, "batch.group_size": b.group_size,
         "superflow.m_max": sf.m_max, "superflow.m_min": sf.m_min, "superflow.num_bins": sf.num_bins,
         "train.iterations": t.iterations, "train.updates_per_iter": t.updates_per_iter,
         "train.micro_batch": t.micro_batch, "model.lora_rank": cfg.model.lora_rank,
@@ -618,7 +665,7 @@ def validate(cfg: Config) -> None:
     # Every out-of-range value at once: a user fixing one per run would need as many runs.
     problems = [f"{key} must be > 0, got {value}" for key, value in positive.items() if not value > 0]
     problems += [f"{key} must be >= 0, got {value}" for key, value in {"train.kl_beta": t.kl_beta, "train.weight_decay": t.weight_decay,
-                       "sampling.noise_level": s.noise_level, "superflow.rollout_cap": sf.rollout_cap,
+                       "sampling.noise_level": s.noise_level, "batch.rollout_cap": b.rollout_cap,
                        "sampling.guidance_scale": s.guidance_scale, "train.train_steps": t.train_steps,
                        "train.sde_window": t.sde_window, "memory.vram_gib": cfg.memory.vram_gib,
                        "output.save_lora_every": cfg.output.save_lora_every,
@@ -629,7 +676,6 @@ def validate(cfg: Config) -> None:
     _require(bool(cfg.model.lora_targets), "model.lora_targets is empty: name the modules that get LoRA, e.g. [attn.to_q]")
     _require(bool(cfg.model.name_or_path.strip()), "model.name_or_path is empty: give 'world', a hub id or a model dir")
     _require(cfg.train.seed >= 0, f"train.seed must be >= 0, got {cfg.train.seed}")
-    _require(cfg.output.log_every > 0, f"output.log_every must be > 0, got {cfg.output.log_every}")
     _require(cfg.memory.embed_cache_size >= 0, f"memory.embed_cache_size must be >= 0, got {cfg.memory.embed_cache_size}")
     _require(DEVICE.match(cfg.reward.device) is not None,
              f"reward.device must be cpu, cuda or cuda:N, got {echo(cfg.reward.device)}")
@@ -643,27 +689,14 @@ def validate(cfg: Config) -> None:
     _require(sf.m_min <= sf.m_max, f"superflow.m_min ({sf.m_min}) must be <= superflow.m_max ({sf.m_max})")
     _require(0 < sf.rho <= 1, f"superflow.rho must be in (0, 1], got {sf.rho}")
     _require(0 < t.ema_decay < 1, f"train.ema_decay must be in (0, 1), got {t.ema_decay}")
-    from .algorithms import resolve_algorithm
-
-    spec = resolve_algorithm(cfg)
-    smallest = spec.smallest_group(sf.group_size, sf.m_min)
-    _require(smallest >= spec.min_group,
-             f"group size {smallest} < 2: the group-mean baseline and train.adv_std=group need >= 2 rollouts per prompt")
     _require(t.adv_eps >= 0, f"train.adv_eps must be >= 0, got {t.adv_eps}")
-    if sf.allocation == "probe" and cfg.algorithm == "superflow":
-        _require(sf.dynamic_groups, "superflow.allocation=probe sizes the groups itself: it needs superflow.dynamic_groups=true")
-        _require(spec.min_group <= sf.probe_size <= sf.m_max,
-                 f"superflow.probe_size must be in {spec.min_group}..superflow.m_max ({sf.m_max}), got {sf.probe_size}")
-        _require(sf.variance_prior >= 0, f"superflow.variance_prior must be >= 0, got {sf.variance_prior}")
-        _require(sf.probe_size - 1 + sf.variance_prior > 0,
-                 "superflow.probe_size=1 with superflow.variance_prior=0 gives no variance: raise either")
     _require(0.0 <= sf.step_credit_mix <= 1.0, f"superflow.step_credit_mix must be in [0, 1], got {sf.step_credit_mix}")
     _require(1 <= sf.credit_every <= s.num_steps,
              f"superflow.credit_every must be in 1..sampling.num_steps ({s.num_steps}), got {sf.credit_every}")
-    cap = sf.rollout_cap
-    if cap and cfg.algorithm == "flow_grpo":
-        need = sf.prompts_per_iter * sf.group_size
-        _require(need <= cap, f"flow_grpo needs prompts_per_iter*group_size = {need} rollouts, above superflow.rollout_cap={cap}")
+    from .algorithms import algorithm_problems  # what each algorithm needs of the config is decided there
+
+    problems = algorithm_problems(cfg)
+    _require(not problems, "; ".join(problems))
     _require(bool(cfg.reward.weights), "reward.weights is empty: name at least one reward, e.g. {shapes: 1.0}")
     _require(len(cfg.prompts.eval_seeds) > 0, "prompts.eval_seeds must list at least one seed")
     src = cfg.prompts.source

@@ -14,9 +14,11 @@ import dataclasses
 import heapq
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
+
+from .algorithms import AlgorithmSpec, resolve_algorithm
 
 if TYPE_CHECKING:  # only `GroupSampler.from_config` reads the config
     from .config import Config
@@ -368,64 +370,52 @@ class GroupPlan:
 class GroupSampler:
     """Chooses each iteration's prompts and group sizes; learns the trackers from rewards.
 
-    algorithm "flow_grpo": B prompts uniformly without replacement, G rollouts each.
-    algorithm "superflow": B prompts drawn by uncertainty; with dynamic_groups, sizes from
-    uncertainty bins, else G each. Both obey `rollout_cap` (R, 0 = unlimited), a public
-    attribute the trainer may reset from the memory plan; fixed-G plans drop prompts
-    rather than shrink G. With allocation "probe", `plan` gives the probes and
-    `second_phase` the rest, once the probes are scored. Trackers are updated under both algorithms (flow_grpo only logs them).
+    What it does is the resolved `AlgorithmSpec`'s (algorithms.py): prompts drawn uniformly
+    or by uncertainty (`prompt_choice`), groups of G or sized from the uncertainty bins or by
+    probes (`dynamic_groups`, `allocation`), never below `min_group`. Every plan obeys
+    `rollout_cap` (R, 0 = unlimited), a public attribute the trainer may reset from the
+    memory plan; fixed-G plans drop prompts rather than shrink G. With allocation "probe",
+    `plan` gives the probes and `second_phase` the rest, once the probes are scored. The
+    trackers learn under every spec (with uniform prompts and fixed groups they are only logged).
     """
 
     def __init__(
-        self, algorithm: Literal["superflow", "flow_grpo"], prompt_pool: Sequence[str], *,
-        prompts_per_iter: int, group_size: int, dynamic_groups: bool, m_max: int, m_min: int,
-        num_bins: int, rollout_cap: int, baseline: Literal["tracker", "group_mean"], rho: float,
-        adaptive_rho: bool, d_half: float, weight_floor: float, seed: int,
-        allocation: Literal["bins", "probe"] = "bins", probe_size: int = 2, variance_prior: float = 1.0,
+        self, spec: AlgorithmSpec, prompt_pool: Sequence[str], *, prompts_per_iter: int, group_size: int,
+        m_max: int, m_min: int, num_bins: int, rollout_cap: int, rho: float, adaptive_rho: bool, d_half: float,
+        weight_floor: float, seed: int, variance_prior: float = 1.0,
     ):
-        if algorithm not in ("superflow", "flow_grpo"):
-            raise ValueError(f"algorithm must be 'superflow' or 'flow_grpo', got {algorithm!r}")
         pool = list(dict.fromkeys(prompt_pool))  # duplicates would share a tracker anyway
         if len(pool) < prompts_per_iter:
             raise ValueError(f"the prompt pool has {len(pool)} distinct prompts, fewer than "
                              f"prompts_per_iter={prompts_per_iter}; lower it or add prompts")
-        self.algorithm, self.pool = algorithm, pool
+        self.spec, self.pool = spec, pool
         self.prompts_per_iter, self.group_size = prompts_per_iter, group_size
-        self.dynamic_groups = dynamic_groups and algorithm == "superflow"
         self.m_max, self.m_min, self.num_bins = m_max, m_min, num_bins
-        self.rollout_cap, self.baseline = rollout_cap, baseline
+        self.rollout_cap = rollout_cap
         self.rho, self.adaptive_rho, self.d_half = rho, adaptive_rho, d_half
-        self.weight_floor = weight_floor
-        if allocation not in ("bins", "probe"):
-            raise ValueError(f"allocation must be 'bins' or 'probe', got {allocation!r}")
-        # Streaming-to-group replaces the bins (it is a way of sizing dynamic groups).
-        self.allocation = allocation if self.dynamic_groups else "bins"
-        self.probe_size, self.variance_prior = probe_size, variance_prior
+        self.weight_floor, self.variance_prior = weight_floor, variance_prior
         self.granule = 1
         """Rollouts per sampling micro-batch over all processes: the probe phases fill whole
         multiples of it. A public attribute the trainer sets from its micro-batch."""
-        # The group-mean baseline of a 1-rollout group is the reward itself: no signal.
-        self.min_group = 2 if (algorithm == "flow_grpo" or baseline == "group_mean") else 1
-        smallest = (probe_size if self.allocation == "probe" else m_min) if self.dynamic_groups else group_size
-        if smallest < self.min_group:
-            raise ValueError(f"group size {smallest} < {self.min_group}: the group-mean baseline needs >= 2 rollouts")
+        smallest = spec.smallest_group(group_size, m_min)
+        if smallest < spec.min_group:
+            raise ValueError(f"group size {smallest} < {spec.min_group}: the group-mean baseline and "
+                             "adv_std=group need >= 2 rollouts")
         self.trackers = ValueTrackers()
         self.rng = np.random.default_rng(seed)
 
     @classmethod
     def from_config(cls, cfg: Config, prompt_pool: Sequence[str], rollout_cap: int | None = None) -> GroupSampler:
-        """Build from cfg.algorithm, cfg.superflow and cfg.train.seed. `rollout_cap` overrides
-        cfg.superflow.rollout_cap (whose 0 means "from the memory plan": pass the plan's R)."""
-        from .algorithms import resolve_algorithm
-
-        sf, spec = cfg.superflow, resolve_algorithm(cfg)
+        """Build from the resolved algorithm, cfg.batch, cfg.superflow and cfg.train.seed.
+        `rollout_cap` overrides cfg.batch.rollout_cap (whose 0 means "from the memory plan":
+        pass the plan's R)."""
+        b, sf = cfg.batch, cfg.superflow
         return cls(
-            spec.name, prompt_pool, prompts_per_iter=sf.prompts_per_iter, group_size=sf.group_size,
-            dynamic_groups=spec.dynamic_groups, m_max=sf.m_max, m_min=sf.m_min, num_bins=sf.num_bins,
-            rollout_cap=sf.rollout_cap if rollout_cap is None else rollout_cap, baseline=spec.baseline,
+            resolve_algorithm(cfg), prompt_pool, prompts_per_iter=b.prompts_per_iter, group_size=b.group_size,
+            m_max=sf.m_max, m_min=sf.m_min, num_bins=sf.num_bins,
+            rollout_cap=b.rollout_cap if rollout_cap is None else rollout_cap,
             rho=sf.rho, adaptive_rho=sf.adaptive_rho, d_half=sf.d_half, weight_floor=sf.weight_floor,
-            seed=cfg.train.seed, allocation=spec.allocation, probe_size=sf.probe_size,
-            variance_prior=sf.variance_prior,
+            seed=cfg.train.seed, variance_prior=sf.variance_prior,
         )
 
     def plan(self) -> GroupPlan:
@@ -434,25 +424,24 @@ class GroupSampler:
         Under allocation "probe" the sizes are phase 1's (`probe_sizes`, filling whole
         multiples of `granule`); the trainer scores them and asks `second_phase` for the rest.
         """
-        b = self.prompts_per_iter
-        if self.algorithm == "flow_grpo":
+        b, spec = self.prompts_per_iter, self.spec
+        if spec.prompt_choice == "uniform":
             chosen = self.rng.choice(len(self.pool), size=b, replace=False)
             w = np.ones(b)  # no uncertainty order: over the cap, the last drawn are dropped
         else:
             w_pool = uncertainty_weights(self.trackers.values(self.pool), self.weight_floor)
             chosen = choose_prompts(w_pool, b, self.rng)
             w = w_pool[chosen]
-        if self.allocation == "probe":
-            sizes = probe_sizes(w, self.probe_size, self.m_max, self.rollout_cap, self.granule)
-        elif self.dynamic_groups:
+        if spec.allocation == "probe":
+            sizes = probe_sizes(w, spec.probe_size, self.m_max, self.rollout_cap, self.granule)
+        elif spec.dynamic_groups:
             sizes = bin_group_sizes(w, self.m_max, self.m_min, self.num_bins)
-            sizes = fit_to_cap(sizes, w, self.rollout_cap, self.m_min, self.min_group)
+            sizes = fit_to_cap(sizes, w, self.rollout_cap, self.m_min, spec.min_group)
         else:
             sizes = fit_to_cap(np.full(b, self.group_size), w, self.rollout_cap, self.group_size, self.group_size)
         if not sizes.any():
-            smallest = self.probe_size if self.allocation == "probe" else max(self.m_min, self.min_group)
             raise ValueError(f"rollout_cap={self.rollout_cap} is below the smallest allowed group "
-                             f"({smallest if self.dynamic_groups else self.group_size})")
+                             f"({max(spec.smallest_group(self.group_size, self.m_min), spec.min_group)})")
         keep = [int(i) for i, s in zip(chosen, sizes) if s > 0]
         prompts = [self.pool[i] for i in keep]
         return GroupPlan(
@@ -501,11 +490,11 @@ class GroupSampler:
 
     def state_dict(self) -> dict:
         """JSON-serialisable: trackers and the RNG state, so a resumed run repeats the choices."""
-        return {"algorithm": self.algorithm, "trackers": self.trackers.state_dict(),
+        return {"algorithm": self.spec.name, "trackers": self.trackers.state_dict(),
                 "rng": self.rng.bit_generator.state}
 
     def load_state_dict(self, state: dict) -> None:
-        if state["algorithm"] != self.algorithm:
-            raise ValueError(f"checkpoint was made with algorithm={state['algorithm']!r}, this run uses {self.algorithm!r}")
+        if state["algorithm"] != self.spec.name:
+            raise ValueError(f"checkpoint was made with algorithm={state['algorithm']!r}, this run uses {self.spec.name!r}")
         self.trackers.load_state_dict(state["trackers"])
         self.rng.bit_generator.state = state["rng"]

@@ -367,7 +367,7 @@ def _phases(cfg: Config, m: _Model, rows_sample: int, rows_train: int) -> dict[s
     if cfg.model.transformer_quant != "none":
         train.add("bitsandbytes scratch", _quant_scratch(cfg, m, seqs * (m.n_img + m.n_txt), backward=True), "counted")
 
-    prompts = cfg.superflow.prompts_per_iter + 1  # + the empty prompt
+    prompts = cfg.batch.prompts_per_iter + 1  # + the empty prompt
     enc = meas["encoders"]
     encode = Terms()
     encode.add("CLIP-L + CLIP-G", int(law(enc["clip"], rows=prompts)), "measured")
@@ -403,9 +403,9 @@ def plan_for_config(cfg: Config, vram_gib: float | None = None, host_gib: float 
     card, card_source = (vram_gib, "given") if vram_gib else _card(cfg, device)
     m = _model_facts(cfg)
     static = _static_terms(cfg, m, device)
-    sf, s = cfg.superflow, cfg.sampling
-    per_prompt = resolve_algorithm(cfg).group_bounds(sf.group_size, sf.m_max, sf.m_min)
-    r_target, r_min = sf.prompts_per_iter * per_prompt[0], sf.prompts_per_iter * per_prompt[1]
+    b, sf, s = cfg.batch, cfg.superflow, cfg.sampling
+    per_prompt = resolve_algorithm(cfg).group_bounds(b.group_size, sf.m_max, sf.m_min)
+    r_target, r_min = b.prompts_per_iter * per_prompt[0], b.prompts_per_iter * per_prompt[1]
     rollout = m.latent_bytes * (s.num_steps + 1) + 4 * s.num_steps + 16  # latents, log-probs, row/group ids
     margin = ALLOCATOR_MARGIN if device == "cuda" else 0.0
     # On a CPU run there is no GPU: the buffer lies in the same memory as the model, whatever
@@ -420,9 +420,9 @@ def plan_for_config(cfg: Config, vram_gib: float | None = None, host_gib: float 
     plan.phases = smallest
     room = plan.budget - plan.static_bytes - max(plan.phase_bytes(p) for p in smallest)
     on_gpu = cfg.memory.rollout_buffer == "gpu" or device == "cpu"
-    if sf.rollout_cap > 0:
-        plan.rollout_cap = sf.rollout_cap
-        plan.notes.append(f"R = superflow.rollout_cap = {sf.rollout_cap} (set, not planned)")
+    if b.rollout_cap > 0:
+        plan.rollout_cap = b.rollout_cap
+        plan.notes.append(f"R = batch.rollout_cap = {b.rollout_cap} (set, not planned)")
     elif on_gpu:
         plan.rollout_cap = min(r_target, max(0, room) // rollout)
     else:
@@ -430,7 +430,7 @@ def plan_for_config(cfg: Config, vram_gib: float | None = None, host_gib: float 
         plan.rollout_cap = min(r_target, int(host // rollout))
     if plan.rollout_cap < r_min:
         plan.problems.append(f"the rollout cap R={plan.rollout_cap} is below prompts_per_iter*m_min = {r_min}: "
-                             "use memory.rollout_buffer=cpu, fewer superflow.prompts_per_iter, or a smaller resolution")
+                             "use memory.rollout_buffer=cpu, fewer batch.prompts_per_iter, or a smaller resolution")
     plan.buffer = plan.rollout_cap * rollout if on_gpu else 0
 
     def fits(phase: str, rows_s: int, rows_t: int) -> bool:
@@ -471,7 +471,7 @@ def format_plan(cfg: Config, plan: MemoryPlan | None = None) -> str:
         f"  {'in the budget (' + plan.device + ' memory)':56s}{g(plan.buffer)}  [counted]",
         "", f"{'transient peaks (x' + format(1 + plan.margin, '.2f') + ' margin, assumed)':46s}micro-batch    GiB",
     ]
-    heads = {"encode": f"encode new prompts ({cfg.superflow.prompts_per_iter} + the empty one)",
+    heads = {"encode": f"encode new prompts ({cfg.batch.prompts_per_iter} + the empty one)",
              "sample": f"sample (CFG x2, VAE {cfg.memory.vae_decode}, reward {cfg.reward.device})",
              "train": f"train ({cfg_tr}, {'checkpointing' if cfg.model.gradient_checkpointing else 'no checkpointing'}"
                       f"{', KL ref' if cfg.train.kl_beta > 0 else ''})"}

@@ -143,11 +143,11 @@ class Trainer:
         self.ema = LoraEMA(params, cfg.train.ema_decay) if cfg.train.ema else None
         self.reward = build_reward(cfg.reward.weights, cfg.reward.device, cfg.reward.options)
         self.prompt_set = load_prompts(cfg.prompts)
-        # The memory plan: R when superflow.rollout_cap is 0, and micro-batches that fit the card.
+        # The memory plan: R when batch.rollout_cap is 0, and micro-batches that fit the card.
         self.memory_plan = plan_for_config(cfg)
         for problem in self.memory_plan.problems:
             log.warning("memory plan: %s", problem)
-        cap = cfg.superflow.rollout_cap or self.memory_plan.rollout_cap
+        cap = cfg.batch.rollout_cap or self.memory_plan.rollout_cap
         self.sampler = GroupSampler.from_config(cfg, self.prompt_set.train, rollout_cap=cap)
         self.encoder = PromptEncoder(self.pipe, self.device, cfg.sampling.max_sequence_length, cfg.memory.embed_cache_size)
         self.sample_micro_batch = self.memory_plan.sample_micro_batch
@@ -266,7 +266,7 @@ class Trainer:
         self.train_micro_batch = agree_micro_batch(self.train_micro_batch, self.accelerator)
         if total < world:  # a process with no rollout would have nothing to take to the collectives
             raise ValueError(f"{total} rollouts in this sampling phase for {world} processes: each process needs "
-                             "at least one; raise superflow.rollout_cap or launch fewer processes")
+                             "at least one; raise batch.rollout_cap or launch fewer processes")
         rows = list(range(rank, total, world))
         # Phase 1 draws the initial noise from stream 1 and the SDE noise from stream 2; phase 2 offsets both by 100.
         # Draw every row's noise (all processes alike), keep ours: sharding never changes samples.

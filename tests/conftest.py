@@ -14,12 +14,12 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 # A run small enough for unit tests: 2 prompts, groups of 2-4, 4 denoising steps.
 FAST_OVERRIDES = [
     "train.iterations=2",
-    "superflow.prompts_per_iter=2",
-    "superflow.group_size=2",
+    "batch.prompts_per_iter=2",
+    "batch.group_size=2",
     "superflow.m_max=4",
     "superflow.m_min=2",
     "superflow.num_bins=2",
-    "superflow.rollout_cap=8",
+    "batch.rollout_cap=8",
     "sampling.num_steps=4",
     "sampling.micro_batch=8",
     "train.micro_batch=4",

@@ -10,7 +10,7 @@ from superflow_lite.train import main
 @pytest.mark.parametrize("algorithm", ["superflow", "flow_grpo"])
 def test_short_run_of_each_algorithm(tmp_path, fast_overrides, algorithm):
     out = tmp_path / algorithm
-    overrides = [*fast_overrides, f"algorithm={algorithm}", "superflow.rollout_cap=6", "superflow.prompts_per_iter=3",
+    overrides = [*fast_overrides, f"algorithm={algorithm}", "batch.rollout_cap=6", "batch.prompts_per_iter=3",
                  "output.eval_every=5", "output.checkpoint_every=5"]
     assert main(["--preset", "tiny", "--no-progress", "--output", str(out), *overrides]) == 0
     rows = [r for r in read_metrics(out) if r["iteration"] > 0]

@@ -19,8 +19,8 @@ pytestmark = pytest.mark.slow
 
 OURS = re.compile(r"^\d\d:\d\d:\d\d (INFO|WARNING|ERROR) ")
 BAR = re.compile(r"^(training|evaluating step \d+): +\d+%\|")
-SHORT_RUN = ["train.iterations=1", "superflow.prompts_per_iter=2", "superflow.group_size=2", "superflow.m_max=4",
-             "superflow.m_min=2", "superflow.num_bins=2", "superflow.rollout_cap=8", "sampling.num_steps=4",
+SHORT_RUN = ["train.iterations=1", "batch.prompts_per_iter=2", "batch.group_size=2", "superflow.m_max=4",
+             "superflow.m_min=2", "superflow.num_bins=2", "batch.rollout_cap=8", "sampling.num_steps=4",
              "sampling.eval_num_steps=4", "prompts.num_eval_prompts=2", "output.eval_every=1"]
 
 

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Smaller than the shared fast overrides: a 2-step loop still samples, rewards, updates,
 # evaluates and checkpoints, and each drill runs several times.
 DRILL = ["sampling.num_steps=2", "sampling.eval_num_steps=2", "train.kl_beta=0", "superflow.m_max=2",
-         "superflow.rollout_cap=4"]
+         "batch.rollout_cap=4"]
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from superflow_lite.algorithms import AlgorithmSpec, resolve_algorithm
 from superflow_lite.config import Config
 from superflow_lite.grouping import (
     GroupSampler, ValueTrackers, adaptive_rho, bin_group_sizes, choose_prompts, fit_to_cap,
@@ -18,12 +19,23 @@ from superflow_lite.grouping import (
 FAST = settings(max_examples=60, deadline=None)
 
 
+def algorithm_spec(algorithm: str = "superflow", **switches) -> AlgorithmSpec:
+    """The spec a config with these `superflow.*` switches resolves to (algorithms.py decides)."""
+    cfg = Config(algorithm=algorithm)
+    for key, value in switches.items():
+        setattr(cfg.superflow, key, value)
+    return resolve_algorithm(cfg)
+
+
+SWITCHES = ("dynamic_groups", "baseline", "allocation", "probe_size")
+
+
 def make_sampler(algorithm="superflow", pool_size=20, **overrides) -> GroupSampler:
-    args = dict(prompts_per_iter=6, group_size=4, dynamic_groups=True, m_max=12, m_min=4, num_bins=4,
-                rollout_cap=48, baseline="tracker", rho=0.875, adaptive_rho=False, d_half=0.01,
-                weight_floor=0.05, seed=3)
+    args = dict(prompts_per_iter=6, group_size=4, m_max=12, m_min=4, num_bins=4, rollout_cap=48, rho=0.875,
+                adaptive_rho=False, d_half=0.01, weight_floor=0.05, seed=3)
+    switches = {k: overrides.pop(k) for k in SWITCHES if k in overrides}
     args.update(overrides)
-    return GroupSampler(algorithm, [f"prompt {i}" for i in range(pool_size)], **args)
+    return GroupSampler(algorithm_spec(algorithm, **switches), [f"prompt {i}" for i in range(pool_size)], **args)
 
 
 # ----------------------------------------------------------------------------- hand-computed
@@ -239,7 +251,34 @@ def test_unseen_prompts_are_preferred():
 def test_from_config():
     cfg = Config()
     s = GroupSampler.from_config(cfg, [f"p{i}" for i in range(30)], rollout_cap=40)
-    assert (s.algorithm, s.prompts_per_iter, s.m_max, s.rollout_cap) == ("superflow", 8, 12, 40)
+    assert (s.spec.name, s.prompts_per_iter, s.m_max, s.rollout_cap) == ("superflow", 8, 12, 40)
     assert s.plan().total_rollouts <= 40
     cfg.algorithm = "flow_grpo"
     assert GroupSampler.from_config(cfg, [f"p{i}" for i in range(30)]).plan().group_sizes == [8] * 8
+
+
+def test_the_sampler_obeys_the_specs_smallest_group_whatever_sets_it():
+    # adv_std=group divides by the group's std: a 1-rollout group has none, so the spec's
+    # smallest group is 2 under the tracker baseline too, and the sampler refuses m_min=1.
+    cfg = Config()
+    cfg.train.adv_std = "group"
+    spec = resolve_algorithm(cfg)
+    assert spec.baseline == "tracker" and spec.min_group == 2
+    with pytest.raises(ValueError, match="group size 1 < 2"):
+        GroupSampler(spec, [f"p{i}" for i in range(8)], prompts_per_iter=4, group_size=4, m_max=4, m_min=1,
+                     num_bins=2, rollout_cap=0, rho=0.875, adaptive_rho=False, d_half=0.01, weight_floor=0.05, seed=0)
+    cfg.train.adv_std = "global"
+    GroupSampler(resolve_algorithm(cfg), [f"p{i}" for i in range(8)], prompts_per_iter=4, group_size=4, m_max=4,
+                 m_min=1, num_bins=2, rollout_cap=0, rho=0.875, adaptive_rho=False, d_half=0.01, weight_floor=0.05, seed=0)
+
+
+def test_uniform_prompt_choice_comes_from_the_spec():
+    # The spec alone says how prompts are drawn: flow_grpo's uniform draw ignores the trackers.
+    uniform, by_uncertainty = make_sampler("flow_grpo", rollout_cap=0), make_sampler(rollout_cap=0)
+    assert uniform.spec.prompt_choice == "uniform" and by_uncertainty.spec.prompt_choice == "uncertainty"
+    for s in (uniform, by_uncertainty):  # prompt 0 solved, the rest uncertain
+        for _ in range(30):
+            s.trackers.update("prompt 0", np.ones(8), 0.875)
+    picks = {name: sum("prompt 0" in s.plan().prompts for _ in range(200))
+             for name, s in (("uniform", uniform), ("uncertainty", by_uncertainty))}
+    assert picks["uniform"] > 40 > picks["uncertainty"]  # uniform: 6 of 20 drawn, ~60 of 200

@@ -165,7 +165,7 @@ def test_each_preset_fits_its_card_with_headroom(preset):
     assert plan.fits, plan.problems
     assert plan.peak_bytes <= 0.90 * memory.CARD_GIB[preset] * GIB
     assert (plan.sample_micro_batch, plan.train_micro_batch) == (cfg.sampling.micro_batch, cfg.train.micro_batch)
-    assert plan.rollout_cap == cfg.superflow.prompts_per_iter * cfg.superflow.m_max
+    assert plan.rollout_cap == cfg.batch.prompts_per_iter * cfg.superflow.m_max
     if preset == "24gb":
         assert cfg.sampling.resolution == 512 and cfg.train.cfg_in_training
         assert plan.peak_bytes <= 21 * GIB
@@ -183,7 +183,7 @@ def test_presets_are_partial_overlays_with_reasons():
 def test_cpu_rollout_buffer_uses_no_gpu_memory():
     cfg = build_config("12gb")
     plan = memory.plan_for_config(cfg, host_gib=32)
-    assert plan.buffer == 0 and plan.rollout_cap == cfg.superflow.prompts_per_iter * cfg.superflow.m_max
+    assert plan.buffer == 0 and plan.rollout_cap == cfg.batch.prompts_per_iter * cfg.superflow.m_max
     tight = memory.plan_for_config(cfg, host_gib=0.1)  # 25% of 0.1 GiB pinned: 9 rollouts
     assert tight.rollout_cap == int(0.025 * GIB // plan.rollout_bytes) and tight.problems
 

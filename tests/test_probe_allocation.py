@@ -18,12 +18,12 @@ from superflow_lite.grouping import (
 FAST = settings(max_examples=80, deadline=None)
 
 
-def probe_sampler(**overrides) -> GroupSampler:
-    args = dict(prompts_per_iter=4, group_size=4, dynamic_groups=True, m_max=6, m_min=2, num_bins=3,
-                rollout_cap=24, baseline="tracker", rho=0.875, adaptive_rho=False, d_half=0.01,
-                weight_floor=0.05, seed=0, allocation="probe", probe_size=2, variance_prior=1.0)
+def probe_sampler(probe_size: int = 2, **overrides) -> GroupSampler:
+    cfg = build_config("tiny", overrides=["superflow.allocation=probe", f"superflow.probe_size={probe_size}"])
+    args = dict(prompts_per_iter=4, group_size=4, m_max=6, m_min=2, num_bins=3, rollout_cap=24, rho=0.875,
+                adaptive_rho=False, d_half=0.01, weight_floor=0.05, seed=0, variance_prior=1.0)
     args.update(overrides)
-    return GroupSampler("superflow", [f"prompt {i}" for i in range(8)], **args)
+    return GroupSampler(resolve_algorithm(cfg), [f"prompt {i}" for i in range(8)], **args)
 
 
 # ----------------------------------------------------------------------------- hand-computed

@@ -21,8 +21,8 @@ from superflow_lite.rundir import RunDir
 pytestmark = pytest.mark.slow
 
 OVERRIDES = [  # 4 rollouts of 2 steps: a full iteration in seconds at width 1536
-    "train.iterations=1", "superflow.prompts_per_iter=2", "superflow.group_size=2", "superflow.m_min=2",
-    "superflow.m_max=2", "superflow.num_bins=2", "superflow.rollout_cap=4", "sampling.num_steps=2",
+    "train.iterations=1", "batch.prompts_per_iter=2", "batch.group_size=2", "superflow.m_min=2",
+    "superflow.m_max=2", "superflow.num_bins=2", "batch.rollout_cap=4", "sampling.num_steps=2",
     "sampling.micro_batch=2", "train.micro_batch=2", "train.updates_per_iter=1", "model.gradient_checkpointing=true",
     "model.dtype=float32", "train.lr=1e-3",
 ]

@@ -88,7 +88,7 @@ def test_one_iteration_changes_lora_and_logs_metrics(trainer):
     changed = [n for n in before if not torch.equal(before[n], after[n])]
     # Gaussian init zeroes lora_B, so lora_A gets no gradient at the first step (see STACK notes).
     assert any("lora_B" in n for n in changed)
-    assert row["rollouts/iter"] <= trainer.cfg.superflow.rollout_cap
+    assert row["rollouts/iter"] <= trainer.cfg.batch.rollout_cap
     for key in ("reward/mean", "grpo/kl", "grpo/clipped", "grpo/ratio", "group/size_hist", "adv/step0/mean"):
         assert key in row
     assert np.isfinite(row["grpo/loss"])

@@ -41,7 +41,7 @@ def test_probe_iteration_trains_on_both_phases_in_whole_micro_batches(tmp_path, 
     probes, extra = phases[0], phases[1]
     rollouts, plan = seen["rollouts"], seen["rollouts"].plan
     assert len(probes.rows) == 4 and len(extra.rows) == 4  # each phase one full micro-batch
-    assert row["rollouts/iter"] == 8 <= trainer.cfg.superflow.rollout_cap
+    assert row["rollouts/iter"] == 8 <= trainer.cfg.batch.rollout_cap
     assert (row["group/probe_rollouts"], row["group/phase2_rollouts"]) == (4, 4)
     assert row["perf/sample_batches"] == 2 and row["perf/sample_batches_one_phase"] == 2
     assert row["perf/sample_probe_s"] > 0 and row["perf/sample_phase2_s"] > 0

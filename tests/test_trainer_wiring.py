@@ -262,7 +262,7 @@ def test_flow_grpo_is_flow_grpo_whatever_the_superflow_switches_say(tmp_path, fa
         trainer.train_iteration(0)
     assert (seen["baseline"], seen["weight_kind"], seen["adv_std"], seen["eps"]) == ("group_mean", "none", "global", 1e-4)
     sizes = trainer.sampler.plan().group_sizes
-    assert sizes == [cfg.superflow.group_size] * len(sizes)
+    assert sizes == [cfg.batch.group_size] * len(sizes)
 
 
 @pytest.mark.parametrize("detach", [True, False])

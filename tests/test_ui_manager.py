@@ -18,8 +18,8 @@ from superflow_lite.ui.runs import display_state, failure_report, latest_checkpo
 pytestmark = pytest.mark.slow
 
 # The smallest loop that still samples, rewards, updates, evaluates and checkpoints.
-TINY = ["superflow.prompts_per_iter=2", "superflow.group_size=2", "superflow.m_max=2", "superflow.m_min=2",
-        "superflow.rollout_cap=4", "sampling.micro_batch=8", "train.micro_batch=8", "prompts.num_eval_prompts=2",
+TINY = ["batch.prompts_per_iter=2", "batch.group_size=2", "superflow.m_max=2", "superflow.m_min=2",
+        "batch.rollout_cap=4", "sampling.micro_batch=8", "train.micro_batch=8", "prompts.num_eval_prompts=2",
         "sampling.eval_num_steps=2", "sampling.num_steps=2", "train.kl_beta=0", "train.updates_per_iter=1",
         "output.eval_every=1", "output.checkpoint_every=1", "prompts.eval_seeds=[0,1,2,3]"]
 

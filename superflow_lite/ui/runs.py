@@ -314,7 +314,7 @@ def failure_report(path: Path) -> dict:
             suggestion = f"The run {cause}: launch it again with the next preset down, **{down}** (`--preset {down}`)."
         else:
             suggestion = (f"The run {cause} on the smallest preset: lower sampling.micro_batch, train.micro_batch "
-                          "or superflow.rollout_cap.")
+                          "or batch.rollout_cap.")
     elif rc == 2:
         suggestion = exit_2_cause(error)
     elif status.get("state") in ACTIVE_STATES or not status:
