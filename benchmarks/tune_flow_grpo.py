@@ -1,13 +1,14 @@
 """Tune Flow-GRPO itself on the shapes world, on the validation split, before any comparison.
 
 Each named setting trains `algorithm=flow_grpo` for --iterations iterations at the
-benchmark's budget (8 prompts x 4 rollouts = 32 per iteration) and is evaluated on the
-validation prompts (train prompts held out of the RL pool: 42 prompts x 4 seeds, ODE 20
-steps), never on the test split. The table gives each setting's gain in strict accuracy
-and reward over the base model, on the same items and noise, with a paired bootstrap
-interval over the items.
+benchmark's budget (8 prompts x 4 rollouts = 32 per iteration; a setting may change the
+prompts x group size, and those named -3072 or -4096 bring their own iterations) and is
+evaluated on the validation prompts (train prompts held out of the RL pool: 42 prompts x
+4 seeds, ODE 20 steps), never on the test split. The table gives each setting's gain in
+strict accuracy and reward over the base model, on the same items and noise, with a paired
+bootstrap interval over the items.
 
-    OMP_NUM_THREADS=1 python benchmarks/tune_flow_grpo.py --settings flow-grpo-paper lr1e-3 ...
+    OMP_NUM_THREADS=1 python benchmarks/tune_flow_grpo.py --settings flow-grpo-paper lr1e-3-groups16 ...
     python benchmarks/tune_flow_grpo.py --summary-only
 
 Settings are one-factor-at-a-time moves around a centre; finished runs are reused, so
@@ -45,47 +46,56 @@ def around(*changes: str) -> list[str]:
         c.split("=")[0] for c in changes)]
 
 
-# Round 4's budget and shape: the best of round 3 (2 x 16 at lr 1e-3) for 96 iterations.
-ROUND4 = ["train.lr=1e-3", "batch.prompts_per_iter=2", "batch.group_size=16", "train.iterations=96",
-          "output.eval_every=48", "output.checkpoint_every=96"]
+# 2 x 16 at lr 1e-3 (`lr1e-3-groups16`, the best of the 768-rollout settings) for 96 iterations:
+# 3072 rollouts, four times the budget.
+GROUPS16_3072_ROLLOUTS = ["train.lr=1e-3", "batch.prompts_per_iter=2", "batch.group_size=16",
+                          "train.iterations=96", "output.eval_every=48", "output.checkpoint_every=96"]
 
-# Round 5: round 4's shape at a third of the learning rate for 128 iterations (4096 rollouts).
-# At lr 1e-3 the curve peaks within ~800 rollouts and then falls: if the update's noise drift
-# grows like lr^2 per rollout while its signal grows like lr, a smaller step peaks later and higher.
-ROUND5 = [*ROUND4, "train.lr=3e-4", "train.iterations=128", "output.eval_every=32", "output.checkpoint_every=128"]
+# The same at a third of the learning rate for 128 iterations (4096 rollouts). At lr 1e-3 the
+# curve peaks within ~800 rollouts and then falls: if the update's noise drift grows like lr^2 per
+# rollout while its signal grows like lr, a smaller step peaks later and higher.
+GROUPS16_LR3E4_4096_ROLLOUTS = [*GROUPS16_3072_ROLLOUTS, "train.lr=3e-4", "train.iterations=128",
+                                "output.eval_every=32", "output.checkpoint_every=128"]
 
 SETTINGS: dict[str, list[str]] = {
-    # Round 1: the published settings, then the learning rate around the centre.
+    # The published settings, and the learning rate around the centre.
     "flow-grpo-paper": PAPER,                    # Flow-GRPO's SD3.5-M hyper-parameters as published
     "centre": CENTRE,
     "lr3e-4": around("train.lr=3e-4"),
     "lr1e-2": around("train.lr=1e-2"),
-    # Round 2: around lr 3e-3 (1e-3 barely moves the policy, 1e-2 degrades it).
+    # Around lr 3e-3 (1e-2 degrades the model): optimizer steps per iteration, and prompts x group
+    # size under the same cap of 32 rollouts.
     "lr3e-3": around("train.lr=3e-3"),
     "lr3e-3-updates4": around("train.lr=3e-3", "train.updates_per_iter=4"),
     "lr3e-3-groups8": around("train.lr=3e-3", "batch.prompts_per_iter=4", "batch.group_size=8"),
     "lr3e-3-groups16": around("train.lr=3e-3", "batch.prompts_per_iter=2", "batch.group_size=16"),
-    # Round 3: fewer prompts with larger groups (2 x 16) did best in round 2.
+    # 2 x 16 (the best shape at lr 3e-3) at lr 1e-3, and at lr 3e-3 with KL.
     "lr1e-3-groups16": around("train.lr=1e-3", "batch.prompts_per_iter=2", "batch.group_size=16"),
     "lr3e-3-groups16-kl0.04": around("train.lr=3e-3", "batch.prompts_per_iter=2", "batch.group_size=16",
                                      "train.kl_beta=0.04"),
-    # Round 4: variance reduction at 4x the budget (96 iterations, 3072 rollouts). Rounds 1-3
-    # moved strict accuracy by a few hundredths at most: one batch's gradient is mostly noise
-    # (RESULTS.md, "How much of a policy gradient is signal"). A group started from one noise
-    # (sampling.group_noise=shared) leaves the SDE noise the only cause of its reward spread;
-    # an SDE window (train.sde_window=k) trains k steps, so a rollout costs far less.
-    "r4-groups16": around(*ROUND4),
-    "r4-groups16-shared": around(*ROUND4, "sampling.group_noise=shared"),
-    "r4-window2": around(*ROUND4, "train.sde_window=2"),
-    "r4-window2-shared": around(*ROUND4, "train.sde_window=2", "sampling.group_noise=shared"),
-    "r4-window2-shared-lr3e-3": around(*ROUND4, "train.sde_window=2", "sampling.group_noise=shared", "train.lr=3e-3"),
-    "r4-window4-shared": around(*ROUND4, "train.sde_window=4", "sampling.group_noise=shared"),
-    # A window anywhere lost 0.14 strict accuracy by iteration 48: a late window trains steps whose
-    # noise barely changes the layout, so their update is noise. Windows at the high-noise start:
-    "r4-first2": around(*ROUND4, "train.sde_window=2", "train.sde_window_span=2"),
-    "r4-first2-shared": around(*ROUND4, "train.sde_window=2", "train.sde_window_span=2", "sampling.group_noise=shared"),
-    "r4-early2-shared": around(*ROUND4, "train.sde_window=2", "train.sde_window_span=4", "sampling.group_noise=shared"),
-    "r5-lr3e-4-long": around(*ROUND5),
+    # Four times the budget (96 iterations, 3072 rollouts), alone and with variance reductions. At
+    # 768 rollouts no setting moves strict accuracy by more than a few hundredths: one batch's
+    # gradient is mostly noise (RESULTS.md, "How much of a policy gradient is signal"). A group
+    # started from one noise (sampling.group_noise=shared) leaves the SDE noise the only cause of
+    # its reward spread; an SDE window (train.sde_window=k) trains k steps, so a rollout costs far less.
+    "lr1e-3-groups16-3072": around(*GROUPS16_3072_ROLLOUTS),
+    "lr1e-3-groups16-3072-shared": around(*GROUPS16_3072_ROLLOUTS, "sampling.group_noise=shared"),
+    "lr1e-3-groups16-3072-window2": around(*GROUPS16_3072_ROLLOUTS, "train.sde_window=2"),
+    "lr1e-3-groups16-3072-window2-shared": around(*GROUPS16_3072_ROLLOUTS, "train.sde_window=2",
+                                                  "sampling.group_noise=shared"),
+    "lr3e-3-groups16-3072-window2-shared": around(*GROUPS16_3072_ROLLOUTS, "train.sde_window=2",
+                                                  "sampling.group_noise=shared", "train.lr=3e-3"),
+    "lr1e-3-groups16-3072-window4-shared": around(*GROUPS16_3072_ROLLOUTS, "train.sde_window=4",
+                                                  "sampling.group_noise=shared"),
+    # A window anywhere loses 0.14 strict accuracy by iteration 48 (RESULTS.md): a late window trains
+    # steps whose noise barely changes the layout, so their update is noise. Windows at the
+    # high-noise start:
+    "lr1e-3-groups16-3072-first2": around(*GROUPS16_3072_ROLLOUTS, "train.sde_window=2", "train.sde_window_span=2"),
+    "lr1e-3-groups16-3072-first2-shared": around(*GROUPS16_3072_ROLLOUTS, "train.sde_window=2",
+                                                 "train.sde_window_span=2", "sampling.group_noise=shared"),
+    "lr1e-3-groups16-3072-early2-shared": around(*GROUPS16_3072_ROLLOUTS, "train.sde_window=2",
+                                                 "train.sde_window_span=4", "sampling.group_noise=shared"),
+    "lr3e-4-groups16-4096": around(*GROUPS16_LR3E4_4096_ROLLOUTS),
 }
 
 
@@ -95,7 +105,7 @@ def run_setting(out: Path, name: str, iterations: int, eval_every: int) -> Path:
         return run_dir
     if run_dir.exists():
         shutil.rmtree(run_dir)
-    # The setting's own overrides come last: a round with its own budget (round 4) wins.
+    # The setting's own overrides come last: a setting with its own budget (3072 or 4096 rollouts) wins.
     code = train_main(["--preset", "tiny", "--no-progress", "--output", str(run_dir), *BUDGET, *VALIDATION,
                        f"train.iterations={iterations}", f"output.eval_every={eval_every}",
                        f"output.checkpoint_every={iterations}", "train.seed=0", *SETTINGS[name]])
