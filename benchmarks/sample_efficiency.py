@@ -113,7 +113,7 @@ def curve(run_dir: Path) -> dict:
 RAW_FILE = "raw_curves.json"
 """Every finished run's curve with its per-item scores, committed beside the summary: the
 run directories are not (images), and a later --summary-only, here or on a fresh clone,
-rebuilds the table from this file for the runs it no longer has."""
+rebuilds the table from this file for the runs whose directories it lacks."""
 
 
 def save_raw(curves: dict[str, dict[int, dict]], path: Path) -> None:

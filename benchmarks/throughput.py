@@ -9,9 +9,10 @@ machine load), as a ratio per round:
     python benchmarks/throughput.py --profile      # where this tree's iteration spends its time
 
 `--this-side` overrides apply to this tree's side only: an option that changes the algorithm,
-timed against the baseline's default. Each side builds the trainer of the default job (`--preset tiny`, no evaluation, no
-checkpoints) in a process of its own, runs one iteration to warm up (embeddings, allocator),
-then times the next ones. Writes benchmarks/results/throughput/<name>.json (summary.json for the default comparison).
+timed against the baseline's default. Each side builds the trainer of the `tiny` preset (the
+default job's model and update on the whole prompt pool; no evaluation, no checkpoints) in a
+process of its own, runs one iteration to warm up (embeddings, allocator), then times the
+next ones. Writes benchmarks/results/throughput/<name>.json (summary.json for the default comparison).
 """
 from __future__ import annotations
 
@@ -83,7 +84,7 @@ def profile(iterations: int, overrides: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--baseline", type=Path, help="another checkout of the project (the 'before')")
+    parser.add_argument("--baseline", type=Path, help="another checkout of the project, the side compared against")
     parser.add_argument("--rounds", type=int, default=3, help="side-by-side rounds; the ratio is reported per round")
     parser.add_argument("--iterations", type=int, default=6, help="timed iterations per side and round (after 1 warm-up)")
     parser.add_argument("--this-side", nargs="*", default=[], help="overrides for this tree's side only")

@@ -147,7 +147,8 @@ class SuperFlowConfig:
     allocation: Literal["bins", "probe"] = "bins"
     """How dynamic groups are sized (ALGORITHM.md 3): bins from the trackers before sampling, or
     probe (streaming-to-group): probe_size rollouts per prompt, then the rest of R where the
-    probes' reward variance is highest. Off by default until the benchmark decides."""
+    probes' reward variance is highest. Off by default: on the shapes world it buys nothing
+    measurable (benchmarks/RESULTS.md)."""
     probe_size: int = 2
     """Rollouts per prompt in the probe phase: 2 is the fewest that show a variance; more are
     added to the most uncertain prompts to fill whole sampling micro-batches."""

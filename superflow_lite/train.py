@@ -1,7 +1,7 @@
 """The CLI: python -m superflow_lite.train [--preset P] [--config FILE] [key=value ...]
 
 Examples:
-    python -m superflow_lite.train                                   # tiny world on a CPU, else auto
+    python -m superflow_lite.train                                   # tiny-focus on a CPU, else the preset that fits
     python -m superflow_lite.train --preset 24gb train.lr=1e-4 reward.weights='{ocr: 1.0}'
     python -m superflow_lite.train --resume runs/my-run train.iterations=40
     python -m superflow_lite.train --preset 24gb --print-config       # resolved YAML, then exit
@@ -42,7 +42,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     from .config import available_presets, task_presets
 
     parser.add_argument("--preset", default="auto",
-                        help=f"by GPU memory: {', '.join(available_presets())} or auto (default: tiny without a GPU, "
+                        help=f"by GPU memory: {', '.join(available_presets())} or auto (default: tiny-focus without a GPU, "
                              f"else the one that fits); a task's reward and prompts: {', '.join(task_presets())}")
     parser.add_argument("--config", help="a YAML file overlaid on the preset")
     parser.add_argument("--output", help="run directory (default: <output.root>/<output.name>)")

@@ -55,7 +55,7 @@ def preset_choices() -> list[str]:
 
 
 def default_preset() -> str:
-    """The preset the CLI picks on this machine: tiny without a GPU."""
+    """The preset the CLI picks on this machine: tiny-focus without a GPU."""
     from ..config import resolve_preset_name
 
     name = resolve_preset_name("auto")
