@@ -306,12 +306,12 @@ def _free(device) -> None:
 
 def step_preset(preset: str, smoke: bool, device) -> dict:
     """Load, encode, sample and train as the preset does, under its card's memory."""
-    from superflow_lite import memory, text_encoders
+    from superflow_lite import memory, text_encoders, vram
     from superflow_lite.config import build_config
     from superflow_lite.models import quantize_linears
 
     cfg = build_config(preset)
-    card = memory.CARD_GIB[preset]
+    card = vram.CARD_GIB[preset]
     plan = memory.plan_for_config(cfg, vram_gib=card)
     res, t5_len = (SMOKE_RES, SMOKE_T5_LEN) if smoke else (cfg.sampling.resolution, cfg.sampling.max_sequence_length)
     cuda = torch.device(device).type == "cuda"
@@ -434,7 +434,7 @@ def _reward_model(smoke: bool, device):
 
 def step_oom(smoke: bool, device) -> dict:
     """retry_on_oom on a training micro-batch of 8 where only about 2 rows fit."""
-    from superflow_lite import memory
+    from superflow_lite import memory, oom
 
     c = configs(smoke)["transformer"]
     res = SMOKE_RES if smoke else 512
@@ -456,7 +456,7 @@ def step_oom(smoke: bool, device) -> dict:
         e = _embeds(rows, n_txt, c["joint_attention_dim"], c["pooled_projection_dim"], device)
         return float(train_step(tr, x, e, e, 4.5, 0.04))
 
-    loss, size = memory.retry_on_oom(fn, 8, log, "gpu check training")
+    loss, size = oom.retry_on_oom(fn, 8, log, "gpu check training")
     return {"tried": tried, "finished_at": size, "loss_finite": math.isfinite(loss), "halved": size < 8}
 
 

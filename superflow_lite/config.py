@@ -573,7 +573,7 @@ def resolve_preset_name(name: str) -> str:
     """'auto' -> the preset that fits the detected GPU; the CPU's default job (tiny-focus) without one."""
     if name != "auto":
         return name
-    from .memory import auto_preset  # the memory plan owns the VRAM tiers
+    from .vram import auto_preset  # the presets' cards and their VRAM tiers
 
     return auto_preset()
 

@@ -280,18 +280,18 @@ def world_linears() -> dict[str, tuple[int, int]]:
     """The built-in world's Linear layers, from the model built on the meta device (no memory)."""
     import torch
 
-    from . import models
+    from .layouts import layout_of_module
     from .world.model import build_transformer
 
     with torch.device("meta"):
-        layout = models.layout_of_module(build_transformer())
+        layout = layout_of_module(build_transformer())
     return {s.name: (s.fan_in, s.fan_out) for s in layout.linears}
 
 
 def transformer_linears(cfg: Config) -> dict[str, tuple[int, int]] | None:
     """{module name: (fan_in, fan_out)} of the transformer's Linear layers, from its config
     alone (no weights); None when the config is not available offline."""
-    from . import models
+    from . import layouts, models
 
     if cfg.model.name_or_path == "world":
         return dict(world_linears())
@@ -303,7 +303,7 @@ def transformer_linears(cfg: Config) -> dict[str, tuple[int, int]] | None:
     else:
         return None
     try:
-        layout = models.transformer_layout(config)
+        layout = layouts.transformer_layout(config)
     except (KeyError, TypeError):
         return None
     return {s.name: (s.fan_in, s.fan_out) for s in layout.linears}

@@ -3,8 +3,9 @@
     peak = static + buffer + (1 + ALLOCATOR_MARGIN) * max(encode, sample, train)
 
 static:  the parts held on the GPU in the preset's dtypes (parameter bytes computed exactly
-         from the real configs, models.SD35_MEDIUM; tests check them against meta-device
-         builds), LoRA weights + gradients + optimizer state, a GPU reward model, the CUDA context.
+         from the real configs, models.SD35_MEDIUM, by layouts.py; tests check them
+         against meta-device builds), LoRA weights + gradients + optimizer state, a GPU
+         reward model, the CUDA context.
 buffer:  R stored rollouts (latents x_0..x_T in float32 + log-probs) when memory.rollout_buffer=gpu.
 phases:  transient bytes of encoding new prompts, of one sampling micro-batch (transformer
          forward with CFG, VAE decode, the reward scoring the previous batch beside it) and of
@@ -22,29 +23,22 @@ outside autograd's saved tensors (int8_saved_input_elements): counted from the c
 from __future__ import annotations
 
 import functools
-import gc
 import json
-import logging
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable
 
 import torch
 
 from .algorithms import resolve_algorithm
 from .config import Config
+from .vram import CARD_GIB, GIB, detected_vram_gib
 
-T = TypeVar("T")
-GIB = 2**30
 # Package data, so an installed wheel plans memory without the source tree.
 MEASUREMENTS = Path(__file__).resolve().parent / "data" / "activation_measurements.json"
 
-# (minimum usable GiB, preset): a preset is a target, not a cap.
-VRAM_TIERS = [(70.0, "80gb"), (40.0, "48gb"), (21.0, "24gb"), (14.0, "16gb"), (10.0, "12gb")]
-# total_memory of the smallest common card of each class (RTX 3060/4070, 4080, 4090, L40S, H100).
-CARD_GIB = {"12gb": 11.99, "16gb": 15.99, "24gb": 23.99, "48gb": 44.99, "80gb": 79.65}
 HEADROOM = 0.10  # the plan leaves 10% of the card free
 ALLOCATOR_MARGIN = 0.10  # CUDA caching-allocator rounding/fragmentation on transients (assumed)
 CUDA_CONTEXT_BYTES = GIB // 2  # CUDA context + cuBLAS workspaces, outside torch's allocator (assumed)
@@ -53,22 +47,6 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 # Reward -> (model in the measurements, vision tower only). Others run no model on the GPU.
 REWARD_MODELS = {"aesthetic": ("clip_l14", True), "clipscore": ("clip_l14", False),
                  "pickscore": ("clip_h14", False), "hpsv2": ("clip_h14", False), "geneval": ("owlv2_b16", False)}
-
-
-def detected_vram_gib() -> float:
-    if not torch.cuda.is_available():
-        return 0.0
-    return torch.cuda.get_device_properties(0).total_memory / GIB
-
-
-def auto_preset() -> str:
-    """The largest preset whose tier fits the detected GPU; without one, the CPU's default
-    job (tiny-focus: the shapes world on a task where RL's gain shows within minutes)."""
-    vram = detected_vram_gib()
-    for minimum, name in VRAM_TIERS:
-        if vram >= minimum:
-            return name
-    return "tiny-focus"
 
 
 # ----------------------------------------------------------------------------- measured laws
@@ -174,6 +152,7 @@ class _Model:
 
 def _model_facts(cfg: Config) -> _Model:
     from . import models
+    from .layouts import LAYOUTS, layout_of_module
 
     res = cfg.sampling.resolution
     if cfg.model.name_or_path == "world":
@@ -182,7 +161,7 @@ def _model_facts(cfg: Config) -> _Model:
         with torch.device("meta"):
             parts = {"transformer": world.build_transformer(), "vae": world.build_vae()}
             parts.update(zip(("text_encoder", "text_encoder_2", "text_encoder_3"), world.build_text_encoders()))
-        layouts = {k: models.layout_of_module(v) for k, v in parts.items()}
+        layouts = {k: layout_of_module(v) for k, v in parts.items()}
         tc, vc = dict(parts["transformer"].config), parts["vae"].config
         source = "the built-in tiny world (activation terms scaled from SD3.5-M, not measured)"
     else:
@@ -194,7 +173,7 @@ def _model_facts(cfg: Config) -> _Model:
                 if path.is_file():
                     configs[part] = {**configs[part], **json.loads(path.read_text())}
             source = f"the configs in {local}"
-        layouts = {part: models.LAYOUTS[part](c) for part, c in configs.items()}
+        layouts = {part: LAYOUTS[part](c) for part, c in configs.items()}
         tc, vc = configs["transformer"], configs["vae"]
     ref = models.SD35_MEDIUM
     width = tc["num_attention_heads"] * tc["attention_head_dim"] * tc["num_layers"]
@@ -236,15 +215,15 @@ def _card(cfg: Config, device: str) -> tuple[float, str]:
 
 
 def _static_terms(cfg: Config, m: _Model, device: str) -> dict[str, int]:
-    from . import models, text_encoders
+    from . import layouts, models, text_encoders
 
     dt, db = cfg.model.dtype, DTYPE_BYTES[cfg.model.dtype]
     L = m.layouts
     q = cfg.model.transformer_quant
     name = f"transformer {q if q != 'none' else dt}" + (" (proj_out " + dt + ")" if q != "none" else "")
     terms = Terms()
-    terms.add(name, models.layout_nbytes(L["transformer"], db, q, tuple(models.SKIP_QUANT_MODULES)), "exact")
-    shapes = models.lora_tensor_shapes(L["transformer"], cfg.model.lora_targets, cfg.model.lora_rank,
+    terms.add(name, layouts.layout_nbytes(L["transformer"], db, q, tuple(models.SKIP_QUANT_MODULES)), "exact")
+    shapes = layouts.lora_tensor_shapes(L["transformer"], cfg.model.lora_targets, cfg.model.lora_rank,
                                        models.dead_lora_modules(m.transformer_config))
     n_lora = sum(r * c for r, c in shapes)
     terms.add(f"LoRA r={cfg.model.lora_rank} weights fp32 ({n_lora / 1e6:.1f} M)", 4 * n_lora, "exact")
@@ -256,14 +235,14 @@ def _static_terms(cfg: Config, m: _Model, device: str) -> dict[str, int]:
         terms.add("optimizer AdamW states fp32", 8 * n_lora, "exact")
     for part, label in (("text_encoder", "CLIP-L"), ("text_encoder_2", "CLIP-G")):
         if cfg.model.clip_encoders == "resident":
-            terms.add(f"{label} text {dt}", models.layout_nbytes(L[part], db), "exact")
+            terms.add(f"{label} text {dt}", layouts.layout_nbytes(L[part], db), "exact")
     t5 = cfg.model.text_encoder_3
     if t5 == "resident":
-        terms.add(f"T5-XXL encoder {dt}", models.layout_nbytes(L["text_encoder_3"], db), "exact")
+        terms.add(f"T5-XXL encoder {dt}", layouts.layout_nbytes(L["text_encoder_3"], db), "exact")
     elif t5 == "resident_8bit":
         terms.add(f"T5-XXL encoder int8 (wo {dt})",
-                  models.layout_nbytes(L["text_encoder_3"], db, "int8", text_encoders.T5_INT8_SKIP), "exact")
-    terms.add(f"VAE {dt}", models.layout_nbytes(L["vae"], db), "exact")
+                  layouts.layout_nbytes(L["text_encoder_3"], db, "int8", text_encoders.T5_INT8_SKIP), "exact")
+    terms.add(f"VAE {dt}", layouts.layout_nbytes(L["vae"], db), "exact")
     for reward in _gpu_rewards(cfg):
         spec = measurements()["rewards"][REWARD_MODELS[reward][0]]
         params = spec["vision_params"] if REWARD_MODELS[reward][1] else spec["params"]
@@ -286,15 +265,15 @@ def _quant_scratch(cfg: Config, m: _Model, tokens: int, backward: bool) -> int:
     int8 (MatMul8bitLt): an fp16 copy and an int8 copy of the input, an int32 accumulator
     beside the output; backward dequantizes the weight. nf4: the weight dequantized to bf16.
     Counted from the kernels' shapes (bitsandbytes 0.50), not measured: CPU kernels differ."""
-    from . import models
+    from . import layouts, models
 
     q, skip = cfg.model.transformer_quant, tuple(models.SKIP_QUANT_MODULES)
     if q == "none":
         return 0
     if q == "nf4":
-        big = models.largest_linear(m.layouts["transformer"], skip)
+        big = layouts.largest_linear(m.layouts["transformer"], skip)
         return 2 * big.fan_in * big.fan_out
-    big = models.largest_linear(m.layouts["transformer"], skip, per_token=True)
+    big = layouts.largest_linear(m.layouts["transformer"], skip, per_token=True)
     return int8_scratch(big, tokens) + (2 * big.fan_in * big.fan_out if backward else 0)
 
 
@@ -375,9 +354,9 @@ def _phases(cfg: Config, m: _Model, rows_sample: int, rows_train: int) -> dict[s
         L = s.max_sequence_length
         encode.add("T5", int(law(enc["t5"], tokens=prompts * L, tokens_sq=prompts * L * L, length_sq=L * L)), "measured")
         if cfg.model.text_encoder_3 == "resident_8bit":
-            from . import models, text_encoders
+            from . import layouts, text_encoders
 
-            big = models.largest_linear(m.layouts["text_encoder_3"], text_encoders.T5_INT8_SKIP)
+            big = layouts.largest_linear(m.layouts["text_encoder_3"], text_encoders.T5_INT8_SKIP)
             encode.add("T5 int8 scratch", int8_scratch(big, prompts * L), "counted")
     streamed = [p for p, on in (("text_encoder", cfg.model.clip_encoders == "offload"),
                                 ("text_encoder_2", cfg.model.clip_encoders == "offload"),
@@ -485,121 +464,3 @@ def format_plan(cfg: Config, plan: MemoryPlan | None = None) -> str:
     lines += [f"note: {n}" for n in plan.notes]
     lines += [f"DOES NOT FIT: {p}" for p in plan.problems]
     return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------- run time
-
-
-# Allocation failures inside CUDA libraries reach Python as a plain RuntimeError whose text
-# names the library's status, not "out of memory" (cuBLAS handles and workspaces, cuDNN
-# workspaces); a smaller micro-batch needs smaller workspaces, so they are retried too.
-OOM_MARKERS = ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED",
-               "CUDNN_STATUS_NOT_ENOUGH_WORKSPACE", "cudaErrorMemoryAllocation", "CUFFT_ALLOC_FAILED")
-
-
-def is_oom(err: BaseException) -> bool:
-    """A CUDA (or other accelerator) out-of-memory error, from torch's allocator or a CUDA library."""
-    return isinstance(err, torch.OutOfMemoryError) or (
-        isinstance(err, RuntimeError) and any(marker in str(err) for marker in OOM_MARKERS))
-
-
-def free_cached_memory() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-def retry_on_oom(fn: Callable[[int], T], micro_batch: int, log: logging.Logger, what: str = "micro-batch") -> tuple[T, int]:
-    """Run fn(micro_batch); on out-of-memory halve the micro-batch, log it, and run fn again.
-
-    fn must redo its whole unit of work from the start at the size it is given (e.g. one
-    chunk of rows in sub-chunks of that size; one minibatch's gradient accumulation after
-    zero_grad). Returns (fn's result, the micro-batch that worked): keep the latter for the
-    rest of the run. An OOM at micro-batch 1, or any other error, propagates.
-    """
-    size = micro_batch
-    while True:
-        try:
-            return fn(size), size
-        except Exception as err:
-            if not is_oom(err) or size <= 1:
-                raise
-        # Out of the except block: the traceback (and the failed step's tensors) are released.
-        failed, size = size, size // 2
-        free_cached_memory()
-        log.warning("%s: out of memory at micro-batch %d; retrying at %d", what, failed, size)
-
-
-def score_halving_on_oom(reward, images: list, prompts: list, metadata: list | None, log: logging.Logger | None = None):
-    """reward(images, prompts, metadata); on out-of-memory, free the cache and score each half
-    apart (recursively, down to one image), concatenating the outputs in order.
-
-    The reward runs on the scorer's thread beside sampling: its peak adds to the sampler's,
-    and an OOM there would otherwise end the run from a worker thread. One image that does
-    not fit propagates the error."""
-    try:
-        return reward(images, prompts, metadata)
-    except Exception as err:
-        if not is_oom(err) or len(images) <= 1:
-            raise
-    free_cached_memory()
-    half = len(images) // 2
-    (log or logging.getLogger("superflow_lite")).warning(
-        "reward %s: out of memory on %d images; scoring %d and %d", getattr(reward, "name", "?"), len(images),
-        half, len(images) - half)
-    parts = [score_halving_on_oom(reward, images[a:b], prompts[a:b], None if metadata is None else metadata[a:b], log)
-             for a, b in ((0, half), (half, len(images)))]
-    import numpy as np
-
-    out = parts[0]
-    out.scores = np.concatenate([p.scores for p in parts])
-    out.extras = {k: np.concatenate([p.extras[k] for p in parts]) for k in parts[0].extras}
-    return out
-
-
-def agree_micro_batch(micro_batch: int, accelerator) -> int:
-    """The smallest micro-batch of all processes (an all-reduce min; itself with one process).
-
-    retry_on_oom halves the micro-batch of the process that ran out of memory only; the
-    others would go on at the larger size, sharding the same work into different numbers of
-    forward/backward calls. Agreeing at each iteration's start keeps every rank at the size
-    the tightest one can hold. (An OOM inside the synchronising backward itself cannot be
-    retried on one rank while the others wait in the gradient all-reduce: the plan's headroom
-    is what guards that.)"""
-    if accelerator.num_processes == 1:
-        return micro_batch
-    t = torch.tensor([micro_batch], device=accelerator.device)
-    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)  # accelerate's reduce has no min
-    return int(t.item())
-
-
-def to_rollout_buffer(t: torch.Tensor, buffer_device: torch.device) -> torch.Tensor:
-    """Copy a rollout tensor into the buffer: pinned host memory for a CPU buffer beside a GPU
-    (fast, asynchronous copies back), else a plain .to()."""
-    if buffer_device.type == "cpu" and t.device.type == "cuda":
-        out = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
-        return out.copy_(t)
-    return t.to(buffer_device)
-
-
-def module_nbytes(module: torch.nn.Module) -> int:
-    """Bytes a built module holds: its unique parameter and buffer storages plus bitsandbytes'
-    side tensors (int8 row scales, 4-bit block absmax and code book)."""
-    seen: dict[int, int] = {}
-
-    def add(t) -> None:
-        if isinstance(t, torch.Tensor):
-            st = t.untyped_storage()
-            key = st.data_ptr() if t.device.type != "meta" and st.data_ptr() else id(st)
-            seen[key] = st.nbytes()
-
-    for p in module.parameters():
-        add(p)
-        add(getattr(p, "SCB", None))
-        state = getattr(p, "quant_state", None)
-        if state is not None:
-            add(state.absmax)
-            add(state.code)
-    for b in module.buffers():
-        add(b)
-    return sum(seen.values())

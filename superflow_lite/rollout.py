@@ -1,8 +1,9 @@
 """Sampling trajectories in micro-batches, with CFG, storing what the update needs.
 
 A rollout stores its latents x_0..x_T and the log-prob of every SDE transition; the
-policy update replays those transitions (ALGORITHM.md 1-2). Images are decoded for the
-reward only.
+policy update replays those transitions (ALGORITHM.md 1-2); the rollout buffer keeps
+them on the device or in pinned host memory (to_rollout_buffer). Images are decoded for
+the reward only.
 """
 from __future__ import annotations
 
@@ -140,6 +141,15 @@ def sample_trajectories(
         logps.append(logp)
     return Trajectories(torch.stack(states, dim=1), torch.stack(logps, dim=1),
                         torch.stack(x0_hat, dim=1) if x0_hat else None)
+
+
+def to_rollout_buffer(t: torch.Tensor, buffer_device: torch.device) -> torch.Tensor:
+    """Copy a rollout tensor into the buffer: pinned host memory for a CPU buffer beside a GPU
+    (fast, asynchronous copies back), else a plain .to()."""
+    if buffer_device.type == "cpu" and t.device.type == "cuda":
+        out = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+        return out.copy_(t)
+    return t.to(buffer_device)
 
 
 def initial_noise(

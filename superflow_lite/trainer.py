@@ -31,14 +31,15 @@ from .ema import LoraEMA
 from .evaluation import EvaluationStopped, evaluate_and_save
 from .export import card_samples, export_lora, model_card
 from .grouping import GroupPlan, GroupSampler
-from .memory import agree_micro_batch, plan_for_config, retry_on_oom, to_rollout_buffer
+from .memory import plan_for_config
 from .models import adapters_disabled, add_lora, load_pipeline, lora_parameters, require_bitsandbytes, resolve_device
+from .oom import agree_micro_batch, retry_on_oom
 from .policy import clipped_policy_loss
 from .prompts import eval_subset, load_prompts
 from .rewards.async_scorer import AsyncRewardScorer
 from .rewards.registry import build_reward
 from .rollout import (Schedule, decode_images, initial_noise, make_schedule, predict_velocity, rollout_sde_noise,
-                      sample_trajectories)
+                      sample_trajectories, to_rollout_buffer)
 from .rundir import RunDir, read_metrics
 from .sde import gaussian_logp, kl_to_reference, sde_step_mean_std
 
@@ -293,7 +294,7 @@ class Trainer:
         start = 0
         while start < len(rows):
             chunk = slice(start, min(start + self.sample_micro_batch, len(rows)))
-            # A CUDA OOM halves the micro-batch and redoes this chunk (memory.retry_on_oom).
+            # A CUDA OOM halves the micro-batch and redoes this chunk (oom.retry_on_oom).
             pieces, self.sample_micro_batch = retry_on_oom(
                 lambda mb: self._sample_chunk(chunk, mb, groups_of_rows, noise, embeds, uncond, schedule, rows,
                                               sde_seed, points),

@@ -13,13 +13,13 @@ import gradio as gr
 import pytest
 
 from superflow_lite.config import build_config
-from superflow_lite.memory import GIB
 from superflow_lite.ui.compare import CompareRefused, check_room_beside, compare_need_bytes
 from superflow_lite.ui.form import COMMON_FIELDS
 from superflow_lite.ui.manager import RunManager
 from superflow_lite.ui.runs import failure_markdown
 from superflow_lite.ui.runs import KL_PLOT
 from superflow_lite.ui.views import PLOT_TITLES, Views
+from superflow_lite.vram import GIB
 from test_ui_runs import make_run
 
 

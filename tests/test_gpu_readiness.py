@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from superflow_lite import memory, models
+from superflow_lite import models, oom
 from superflow_lite.rewards.async_scorer import AsyncRewardScorer
 from superflow_lite.rewards.base import Reward, RewardOutput
 
@@ -85,9 +85,9 @@ def test_cuda_library_allocation_failures_are_retried(text):
             raise RuntimeError(text)
         return "ok"
 
-    assert memory.retry_on_oom(work, 4, logging.getLogger("test")) == ("ok", 1)
+    assert oom.retry_on_oom(work, 4, logging.getLogger("test")) == ("ok", 1)
     assert calls == [4, 2, 1]
-    assert not memory.is_oom(RuntimeError("CUDA error: an illegal memory access was encountered"))
+    assert not oom.is_oom(RuntimeError("CUDA error: an illegal memory access was encountered"))
 
 
 class _Sized(Reward):
@@ -119,7 +119,7 @@ def test_reward_oom_on_the_scorer_thread_halves_and_keeps_the_order(caplog):
     assert reward.calls == [5, 2, 3, 1, 2]
     assert "reward sized: out of memory on 5 images; scoring 2 and 3" in [r.getMessage() for r in caplog.records]
     with pytest.raises(torch.OutOfMemoryError):
-        memory.score_halving_on_oom(_Sized(fits=0), images[:1], ["p"], None)
+        oom.score_halving_on_oom(_Sized(fits=0), images[:1], ["p"], None)
 
 
 def test_no_lora_on_the_last_blocks_dead_text_queries():

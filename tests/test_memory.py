@@ -1,14 +1,13 @@
 """The memory plan: exact parameter terms, measured activation laws, decisions, presets, CLI."""
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import pytest
 import torch
 
 from benchmark_scripts import load_benchmark
-from superflow_lite import memory, models, text_encoders
+from superflow_lite import layouts, memory, models, rollout, text_encoders, vram
 from superflow_lite.config import build_config
 
 torch.set_num_threads(1)
@@ -38,8 +37,8 @@ def test_config_dicts_are_the_published_architectures(meta_parts):
 
 @pytest.mark.parametrize("part", list(models.SD35_MEDIUM))
 def test_layout_formula_equals_meta_build(meta_parts, part):
-    built = models.layout_of_module(meta_parts[part])
-    formula = models.LAYOUTS[part](models.SD35_MEDIUM[part])
+    built = layouts.layout_of_module(meta_parts[part])
+    formula = layouts.LAYOUTS[part](models.SD35_MEDIUM[part])
     assert formula == built  # every Linear (name, shape, bias), the other params, buffers, largest module
 
 
@@ -88,8 +87,8 @@ def test_lora_parameter_count_equals_peft(meta_parts):
     tr.add_adapter(LoraConfig(r=cfg.model.lora_rank, lora_alpha=cfg.model.lora_alpha, target_modules=cfg.model.lora_targets,
                               exclude_modules=dead))
     got = sum(p.numel() for p in tr.parameters() if p.requires_grad)
-    shapes = models.lora_tensor_shapes(models.layout_of_module(meta_parts["transformer"]), cfg.model.lora_targets,
-                                       cfg.model.lora_rank, dead)
+    shapes = layouts.lora_tensor_shapes(layouts.layout_of_module(meta_parts["transformer"]), cfg.model.lora_targets,
+                                        cfg.model.lora_rank, dead)
     # 8 projections x 24 blocks, less the last block's add_q_proj (and its absent to_add_out)
     assert got == sum(r * c for r, c in shapes) == 18_776_064 - 2 * 32 * 1536
     assert memory.plan_for_config(cfg).static["LoRA gradients fp32"] == 4 * got
@@ -163,7 +162,7 @@ def test_each_preset_fits_its_card_with_headroom(preset):
     cfg = build_config(preset)
     plan = memory.plan_for_config(cfg)
     assert plan.fits, plan.problems
-    assert plan.peak_bytes <= 0.90 * memory.CARD_GIB[preset] * GIB
+    assert plan.peak_bytes <= 0.90 * vram.CARD_GIB[preset] * GIB
     assert (plan.sample_micro_batch, plan.train_micro_batch) == (cfg.sampling.micro_batch, cfg.train.micro_batch)
     assert plan.rollout_cap == cfg.batch.prompts_per_iter * cfg.superflow.m_max
     if preset == "24gb":
@@ -208,50 +207,18 @@ def test_gpu_preset_without_cuda_exits_2(capsys, tmp_path):
 
 
 def test_auto_preset_by_detected_memory(monkeypatch):
-    for vram, preset in [(0.0, "tiny-focus"), (8.0, "tiny-focus"), (11.99, "12gb"), (15.99, "16gb"), (23.99, "24gb"),
-                         (44.99, "48gb"), (79.65, "80gb")]:
-        monkeypatch.setattr(memory, "detected_vram_gib", lambda v=vram: v)
-        assert memory.auto_preset() == preset
-    for preset, card in memory.CARD_GIB.items():
-        monkeypatch.setattr(memory, "detected_vram_gib", lambda v=card: v)
-        assert memory.auto_preset() == preset
-
-
-def test_retry_on_oom_halves_and_logs(caplog):
-    calls = []
-
-    def work(micro_batch):
-        calls.append(micro_batch)
-        if micro_batch > 2:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return f"done at {micro_batch}"
-
-    with caplog.at_level(logging.WARNING):
-        result, size = memory.retry_on_oom(work, 8, logging.getLogger("test"), "sampling")
-    assert (result, size, calls) == ("done at 2", 2, [8, 4, 2])
-    assert [r.getMessage() for r in caplog.records] == [
-        "sampling: out of memory at micro-batch 8; retrying at 4",
-        "sampling: out of memory at micro-batch 4; retrying at 2"]
-
-
-def test_retry_on_oom_gives_up_at_one_and_passes_other_errors():
-    def always_oom(micro_batch):
-        raise RuntimeError("CUDA error: out of memory")
-
-    with pytest.raises(RuntimeError, match="out of memory"):
-        memory.retry_on_oom(always_oom, 4, logging.getLogger("test"))
-
-    def broken(micro_batch):
-        raise ValueError("not memory")
-
-    with pytest.raises(ValueError):
-        memory.retry_on_oom(broken, 4, logging.getLogger("test"))
-    assert memory.retry_on_oom(lambda b: b * 10, 3, logging.getLogger("test")) == (30, 3)
+    for gib, preset in [(0.0, "tiny-focus"), (8.0, "tiny-focus"), (11.99, "12gb"), (15.99, "16gb"), (23.99, "24gb"),
+                        (44.99, "48gb"), (79.65, "80gb")]:
+        monkeypatch.setattr(vram, "detected_vram_gib", lambda v=gib: v)
+        assert vram.auto_preset() == preset
+    for preset, card in vram.CARD_GIB.items():
+        monkeypatch.setattr(vram, "detected_vram_gib", lambda v=card: v)
+        assert vram.auto_preset() == preset
 
 
 def test_rollout_buffer_copy_on_cpu():
     t = torch.randn(2, 3)
-    out = memory.to_rollout_buffer(t, torch.device("cpu"))
+    out = rollout.to_rollout_buffer(t, torch.device("cpu"))
     assert torch.equal(out, t)
 
 

@@ -1,4 +1,4 @@
-"""A CUDA out-of-memory error in a micro-batch halves it and the run goes on (memory.retry_on_oom
+"""A CUDA out-of-memory error in a micro-batch halves it and the run goes on (oom.retry_on_oom
 wired into Trainer.collect and Trainer.update), simulated with a fake OOM on the tiny world."""
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ import types
 import pytest
 import torch
 
-from superflow_lite import memory, models, text_encoders
+from superflow_lite import layouts, models, text_encoders
 from superflow_lite.config import ModelConfig
 from superflow_lite.embeddings import PromptEncoder
 
@@ -58,8 +58,8 @@ def test_quantized_transformer_gets_lora_on_top(tiny_dir, cpu_quantization, quan
     # The plan's byte formula equals what bitsandbytes stores.
     from superflow_lite.world.model import build_transformer
 
-    layout = models.layout_of_module(build_transformer())
-    assert memory.module_nbytes(tr) == models.layout_nbytes(layout, 2, quant, tuple(models.SKIP_QUANT_MODULES))
+    layout = layouts.layout_of_module(build_transformer())
+    assert layouts.module_nbytes(tr) == layouts.layout_nbytes(layout, 2, quant, tuple(models.SKIP_QUANT_MODULES))
 
     models.add_lora(tr, cfg)
     lora_cls = lora_bnb.Linear8bitLt if quant == "int8" else lora_bnb.Linear4bit
@@ -94,8 +94,8 @@ def test_t5_resident_8bit(tiny_dir, reference):
     t5 = pipe.text_encoder_3
     kinds = {n.rsplit(".", 1)[-1]: type(m) for n, m in t5.named_modules() if isinstance(m, torch.nn.Linear)}
     assert kinds.pop("wo") is torch.nn.Linear and set(kinds.values()) == {bnb.nn.Linear8bitLt}
-    assert memory.module_nbytes(t5) == models.layout_nbytes(
-        models.layout_of_module(reference[0].text_encoder_3), 4, "int8", text_encoders.T5_INT8_SKIP)
+    assert layouts.module_nbytes(t5) == layouts.layout_nbytes(
+        layouts.layout_of_module(reference[0].text_encoder_3), 4, "int8", text_encoders.T5_INT8_SKIP)
     got = PromptEncoder(pipe, CPU, 16).encode(PROMPTS)
     want = reference[1]
     assert torch.equal(got.pooled, want.pooled)  # CLIP untouched

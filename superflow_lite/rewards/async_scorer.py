@@ -21,7 +21,7 @@ from typing import Sequence
 
 from PIL import Image
 
-from ..memory import score_halving_on_oom
+from ..oom import score_halving_on_oom
 from .base import Reward, RewardOutput
 
 

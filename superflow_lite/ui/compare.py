@@ -47,7 +47,7 @@ def compare_need_bytes(config) -> int:
 
 def check_room_beside(config, training_run: str | None, free_bytes: int) -> None:
     """Refuse when a training run holds the GPU and the model would not fit in what is free."""
-    from ..memory import GIB
+    from ..vram import GIB
 
     need = compare_need_bytes(config)
     if training_run and need > free_bytes:

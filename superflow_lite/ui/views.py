@@ -36,7 +36,8 @@ def plot_value(columns: dict[str, list], dtypes: dict[str, str]) -> pd.DataFrame
 def plan_line(config_yaml: str) -> str:
     """The memory plan's predicted peak for a resolved config (memory.plan_for_config)."""
     from ..config import config_from_dict, load_yaml
-    from ..memory import GIB, plan_for_config
+    from ..memory import plan_for_config
+    from ..vram import GIB
 
     plan = plan_for_config(config_from_dict(load_yaml(config_yaml)))
     fits = "fits" if plan.fits else "does NOT fit"
