@@ -20,7 +20,6 @@ from PIL import Image
 from ..hub import PROCESSOR_FILES, WEIGHT_FILES, Needed
 from .base import Reward, RewardOutput, RewardUnavailable
 from .hf_loading import check_dtype, load_pretrained, require_transformers, torch_dtype
-from .registry import register
 
 
 def _head_from_state_dict(state: dict[str, Any]) -> Any:
@@ -85,7 +84,6 @@ def _load_vision_tower(name_or_path: str) -> Any:
         hf_logging.set_verbosity(previous)
 
 
-@register("aesthetic")
 class AestheticReward(Reward):
     """Options:
       model_name_or_path   CLIP weights whose vision tower + projection embed images
@@ -94,6 +92,8 @@ class AestheticReward(Reward):
       dtype                auto | float32 | float16 | bfloat16 (the CLIP tower; the head is fp32)
       batch_size, low, high
     """
+
+    name = "aesthetic"
 
     def __init__(
         self,

@@ -23,7 +23,6 @@ from PIL import Image
 from ..hub import PROCESSOR_FILES, WEIGHT_FILES, Needed
 from .base import Reward, RewardOutput
 from .hf_loading import check_dtype, load_pretrained, require_transformers, torch_dtype
-from .registry import register
 
 
 class ClipSimilarity(Reward):
@@ -130,8 +129,9 @@ class ClipSimilarity(Reward):
         return RewardOutput(np.clip(self.transform(cos), self.low, self.high), {"cosine": cos})
 
 
-@register("pickscore")
 class PickScore(ClipSimilarity):
+    name = "pickscore"
+
     default_model = "yuvalkirstain/PickScore_v1"
     # PickScore_v1 has no processor files of its own; it was trained from this CLIP.
     default_processor = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
@@ -141,8 +141,9 @@ class PickScore(ClipSimilarity):
         return scale * cos / 26.0
 
 
-@register("clipscore")
 class ClipScore(ClipSimilarity):
+    name = "clipscore"
+
     default_model = "openai/clip-vit-large-patch14"
     default_high = 2.5
 
@@ -150,8 +151,9 @@ class ClipScore(ClipSimilarity):
         return 2.5 * np.maximum(cos, 0.0)
 
 
-@register("hpsv2")
 class HpsV2(ClipSimilarity):
+    name = "hpsv2"
+
     # HPS v2 (an OpenCLIP ViT-H/14) converted to a transformers CLIPModel by its
     # uploader, who checked the embeddings match; its preprocessing is plain CLIP's.
     default_model = "adams-story/HPSv2-hf"

@@ -20,7 +20,6 @@ from .base import Reward, RewardOutput
 from .geneval_scoring import Detection, evaluate, non_max_suppression
 from .geneval_spec import TaskSpec, parse_prompt, spec_from_metadata
 from .hf_loading import check_dtype, load_pretrained, require_transformers, torch_dtype
-from .registry import register
 
 
 def task_spec(prompt: str, meta: dict) -> TaskSpec:
@@ -51,7 +50,6 @@ def _clip_box(box: list[float], size: tuple[int, int]) -> tuple[float, float, fl
     return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
 
 
-@register("geneval")
 class GenEvalReward(Reward):
     """Options:
       model_name_or_path      Owlv2ForObjectDetection weights
@@ -64,6 +62,7 @@ class GenEvalReward(Reward):
       dtype, batch_size
     """
 
+    name = "geneval"
     low, high = 0.0, 1.0
 
     def __init__(

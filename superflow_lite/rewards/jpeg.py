@@ -12,7 +12,6 @@ import numpy as np
 from PIL import Image
 
 from .base import Reward, RewardOutput
-from .registry import register
 
 
 def jpeg_size_kib(image: Image.Image, quality: int = 95) -> float:
@@ -26,8 +25,9 @@ def _max_kib(resolution: int) -> float:
     return 3.0 * resolution * resolution / 1024.0
 
 
-@register("jpeg_compressibility")
 class JpegCompressibility(Reward):
+    name = "jpeg_compressibility"
+
     def __init__(self, device: str = "cpu", resolution: int = 512, **options):
         super().__init__(device, **options)
         self.low, self.high = -_max_kib(resolution), 0.0
@@ -37,8 +37,9 @@ class JpegCompressibility(Reward):
         return RewardOutput(np.clip(-sizes, self.low, self.high))
 
 
-@register("jpeg_incompressibility")
 class JpegIncompressibility(Reward):
+    name = "jpeg_incompressibility"
+
     def __init__(self, device: str = "cpu", resolution: int = 512, **options):
         super().__init__(device, **options)
         self.low, self.high = 0.0, _max_kib(resolution)

@@ -22,7 +22,6 @@ import numpy as np
 from PIL import Image
 
 from .base import Reward, RewardOutput, RewardUnavailable
-from .registry import register
 
 
 def extract_target_text(prompt: str) -> str:
@@ -61,13 +60,13 @@ def text_match_score(target: str, read: str) -> float:
     return 1.0 - distance / len(target)
 
 
-@register("ocr")
 class OcrReward(Reward):
     """Options: min_confidence (drop OCR lines the recogniser is less sure of than this).
 
     metadata[i]["text"], when present, overrides the quoted text of prompt i.
     """
 
+    name = "ocr"
     low, high = 0.0, 1.0
 
     def __init__(self, device: str = "cpu", min_confidence: float = 0.0):

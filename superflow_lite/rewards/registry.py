@@ -1,39 +1,36 @@
-"""Name -> reward class, and weighted sums of several rewards."""
+"""Name -> reward class, and weighted sums of several rewards.
+
+The registry lists the built-in reward classes; each class carries its own name (the
+`name` attribute of base.Reward), so a reward module needs base.py and nothing of this one.
+"""
 from __future__ import annotations
 
 import inspect
 import math
 import numbers
 import typing
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 from PIL import Image
 
 from .base import Reward, RewardOutput
 
-_REGISTRY: dict[str, type[Reward]] = {}
 
+def builtin_rewards() -> dict[str, type[Reward]]:
+    """Name -> class of every built-in reward. Their modules load on the first call; none of
+    them imports torch, transformers or an OCR engine at module level (Reward.load() does)."""
+    from ..world.reward import ShapesReward
+    from . import aesthetic, clip_rewards, geneval, jpeg, ocr, remote
 
-def register(name: str) -> Callable[[type[Reward]], type[Reward]]:
-    def wrap(cls: type[Reward]) -> type[Reward]:
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return wrap
+    classes = (aesthetic.AestheticReward, clip_rewards.PickScore, clip_rewards.ClipScore, clip_rewards.HpsV2,
+               geneval.GenEvalReward, jpeg.JpegCompressibility, jpeg.JpegIncompressibility, ocr.OcrReward,
+               remote.RemoteReward, ShapesReward)
+    return {cls.name: cls for cls in classes}
 
 
 def available_rewards() -> list[str]:
-    _import_builtin_rewards()
-    return sorted(_REGISTRY)
-
-
-def _import_builtin_rewards() -> None:
-    # Importing the modules runs their @register decorators. None of them imports torch,
-    # transformers or an OCR engine at module level: those load in Reward.load().
-    from . import aesthetic, clip_rewards, geneval, jpeg, ocr, remote  # noqa: F401
-    from ..world import reward as _world_reward  # noqa: F401
+    return sorted(builtin_rewards())
 
 
 class WeightedSum(Reward):
@@ -65,16 +62,16 @@ class WeightedSum(Reward):
         return RewardOutput(total, extras)
 
 
-def _check_weights(weights: dict[str, float]) -> None:
+def _check_weights(weights: dict[str, float], registry: dict[str, type[Reward]]) -> None:
     """Raise ValueError naming the bad entry and what is accepted."""
-    valid = ", ".join(sorted(_REGISTRY))
+    valid = ", ".join(sorted(registry))
     if not isinstance(weights, dict) or not weights:
         raise ValueError(
             f"reward.weights must be a non-empty mapping name -> weight, e.g. {{shapes: 1.0}}; "
             f"got {weights!r}. Available rewards: {valid}"
         )
     for name, weight in weights.items():
-        if name not in _REGISTRY:
+        if name not in registry:
             raise ValueError(f"unknown reward {name!r}; available: {valid}")
         # bool is a numbers.Number too, and `ocr: true` is a YAML slip, not a weight.
         if isinstance(weight, bool) or not isinstance(weight, numbers.Real):
@@ -88,9 +85,9 @@ def _check_weights(weights: dict[str, float]) -> None:
             )
 
 
-def _construct(name: str, device: str, opts: dict) -> Reward:
+def _construct(cls: type[Reward], device: str, opts: dict) -> Reward:
     """Instantiate one reward; a misspelt option names the options the reward takes."""
-    cls = _REGISTRY[name]
+    name = cls.name
     params = inspect.signature(cls.__init__).parameters
     # Reward.__init__'s own **options is the base's catch-all, not options this reward reads.
     takes_any = cls.__init__ is not Reward.__init__ and any(
@@ -139,10 +136,10 @@ def build_reward(
     weights: {"shapes": 1.0} or {"ocr": 0.7, "jpeg_compressibility": 0.3}
     options: per-reward keyword arguments, e.g. {"remote": {"url": "http://..."}}
     """
-    _import_builtin_rewards()
+    registry = builtin_rewards()
     options = options or {}
-    _check_weights(weights)
-    parts = [(_construct(n, device, options.get(n) or {}), float(w)) for n, w in weights.items()]
+    _check_weights(weights, registry)
+    parts = [(_construct(registry[n], device, options.get(n) or {}), float(w)) for n, w in weights.items()]
     if len(parts) == 1 and parts[0][1] == 1.0:
         return parts[0][0]
     return WeightedSum(parts)

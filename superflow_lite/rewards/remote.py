@@ -25,7 +25,6 @@ import numpy as np
 from PIL import Image
 
 from .base import Reward, RewardOutput, RewardUnavailable, check_finite_scores
-from .registry import register
 
 IMAGE_FORMATS = ("png", "jpeg")
 
@@ -98,7 +97,6 @@ def decode_response(body: bytes, batch: int) -> RewardOutput:
     return RewardOutput(scores, extras)
 
 
-@register("remote")
 class RemoteReward(Reward):
     """Options:
       url           base URL of the server, e.g. http://127.0.0.1:8000 (required)
@@ -109,6 +107,8 @@ class RemoteReward(Reward):
       jpeg_quality
       low, high     declared range; None = ask the server's /info when the reward is built
     """
+
+    name = "remote"
 
     def __init__(
         self,

@@ -19,7 +19,6 @@ import numpy as np
 from PIL import Image
 
 from ..rewards.base import Reward, RewardOutput
-from ..rewards.registry import register
 from .detect import Detection, detect_shapes
 from .parser import CaptionError, parse_caption
 from .shapes import RELATION_MARGIN, SceneSpec, relation_holds
@@ -94,13 +93,13 @@ def score_image(image: Image.Image, prompt: str) -> ImageScore:
     return score_detections(parse_caption(prompt), detect_shapes(image))
 
 
-@register("shapes")
 class ShapesReward(Reward):
     """GenEval-style compositional reward for the built-in shapes world; scores in [0, 1].
 
     extras["strict"]: 0/1 GenEval accuracy (every constraint satisfied exactly).
     """
 
+    name = "shapes"
     low, high = 0.0, 1.0
 
     def prompt_problem(self, prompt: str) -> str | None:
