@@ -14,11 +14,12 @@ both algorithms read it.
 
 The trainer, the group sampler, the memory plan and the config validation read the
 resolved `AlgorithmSpec` and nothing else, so a flow_grpo run cannot pick up a
-SuperFlow switch by accident; docs/ALGORITHM.md's table of the two is `spec_table()`.
+SuperFlow switch by accident; docs/ALGORITHM.md's table of the two is
+`config_docs.spec_table()`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
@@ -99,20 +100,6 @@ def algorithm_problems(cfg: "Config") -> list[str]:
         problems.append(f"flow_grpo needs batch.prompts_per_iter*batch.group_size = {b.prompts_per_iter * b.group_size} "
                         f"rollouts, above batch.rollout_cap={b.rollout_cap}")
     return problems
-
-
-def spec_table() -> str:
-    """The Markdown table of what each algorithm resolves to at the config's defaults
-    (docs/ALGORITHM.md section 6 holds it verbatim; a test keeps the two equal)."""
-    from .config import Config
-
-    specs = {name: resolve_algorithm(Config(algorithm=name)) for name in ALGORITHM_NAMES}
-    rows = ["| `AlgorithmSpec` field | " + " | ".join(f"`{name}`" for name in specs) + " |",
-            "| --- |" + " --- |" * len(specs)]
-    for f in fields(AlgorithmSpec):
-        if f.name != "name":
-            rows.append(f"| {f.name} | " + " | ".join(f"{getattr(spec, f.name)}" for spec in specs.values()) + " |")
-    return "\n".join(rows)
 
 
 def resolve_algorithm(cfg: "Config") -> AlgorithmSpec:

@@ -1,4 +1,5 @@
-"""`--help-config`: every config key with its type, default and reason.
+"""Documentation generated from the code: `--help-config` (every config key with its type,
+default and reason) and the table of what each algorithm resolves to (spec_table).
 
 The reasons are the attribute docstrings written under each field in config.py (the one
 place they live); they are read from its source with ast rather than copied here.
@@ -12,6 +13,7 @@ import textwrap
 import typing
 
 from . import config as config_module
+from .algorithms import ALGORITHM_NAMES, AlgorithmSpec, resolve_algorithm
 from .config import Config, _describe
 
 
@@ -57,3 +59,15 @@ def format_config_help(width: int = 100) -> str:
         if doc:
             lines += textwrap.wrap(doc, width, initial_indent="      ", subsequent_indent="      ")
     return "\n".join(lines)
+
+
+def spec_table() -> str:
+    """The Markdown table of what each algorithm resolves to at the config's defaults
+    (docs/ALGORITHM.md section 6 holds it verbatim; a test keeps the two equal)."""
+    specs = {name: resolve_algorithm(Config(algorithm=name)) for name in ALGORITHM_NAMES}
+    rows = ["| `AlgorithmSpec` field | " + " | ".join(f"`{name}`" for name in specs) + " |",
+            "| --- |" + " --- |" * len(specs)]
+    for f in dataclasses.fields(AlgorithmSpec):
+        if f.name != "name":
+            rows.append(f"| {f.name} | " + " | ".join(f"{getattr(spec, f.name)}" for spec in specs.values()) + " |")
+    return "\n".join(rows)

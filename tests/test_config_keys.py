@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from superflow_lite.algorithms import spec_table
 from superflow_lite.config import RENAMED_KEYS, ConfigError, build_config, config_from_dict, to_dict
+from superflow_lite.config_docs import spec_table
 from superflow_lite.train import main as train_main
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
