@@ -37,10 +37,10 @@ from .policy import clipped_policy_loss
 from .prompts import eval_subset, load_prompts
 from .rewards.async_scorer import AsyncRewardScorer
 from .rewards.registry import build_reward
-from .rollout import (Schedule, decode_images, initial_noise, make_schedule, predict_velocity, rollout_sde_noise,
-                      sample_trajectories)
+from .rollout import Schedule, decode_images, make_schedule, predict_velocity, sample_trajectories
 from .rundir import RunDir, read_metrics
 from .sde import gaussian_logp, kl_to_reference, sde_step_mean_std
+from .seeds import minibatch_order, phase_initial_noise, rollout_sde_noise, sde_noise_seed, sde_window_rng
 
 log = logging.getLogger("superflow_lite")
 
@@ -81,16 +81,11 @@ class Rollouts:
     perf: dict[str, float] = field(default_factory=dict)
 
 
-def iteration_seed(seed: int, iteration: int, stream: int) -> int:
-    """A seed per (run seed, iteration, purpose): runs resume bit-for-bit without RNG replay."""
-    return (seed * 1_000_003 + iteration * 7_919 + stream) % (2**63)
-
-
 def trained_steps_for(cfg: Config, iteration: int) -> list[int]:
     """Which SDE steps are trained: an SDE window (Flow-GRPO-Fast) or the first T-1 steps."""
     T, k = cfg.sampling.num_steps, cfg.train.sde_window
     if k > 0:
-        rng = np.random.default_rng(iteration_seed(cfg.train.seed, iteration, 3))
+        rng = sde_window_rng(cfg.train.seed, iteration)
         span = cfg.train.sde_window_span or T - 1  # the last step (near-deterministic) is never in it
         start = int(rng.integers(0, span - k + 1))
         return list(range(start, start + k))
@@ -268,21 +263,12 @@ class Trainer:
             raise ValueError(f"{total} rollouts in this sampling phase for {world} processes: each process needs "
                              "at least one; raise superflow.rollout_cap or launch fewer processes")
         rows = list(range(rank, total, world))
-        # Phase 1 draws the initial noise from stream 1 and the SDE noise from stream 2; phase 2 offsets both by 100.
-        # Draw every row's noise (all processes alike), keep ours: sharding never changes samples.
-        if self.cfg.sampling.group_noise == "shared":
-            # One noise per prompt, from phase 1's stream: a probe's second phase starts where its first did.
-            group_gen = torch.Generator().manual_seed(iteration_seed(self.cfg.train.seed, iteration, 1))
-            per_group = initial_noise(len(plan.prompts), self.latent_channels, self.latent_size, group_gen,
-                                      torch.device("cpu"))
-            noise = per_group[torch.as_tensor(group_of_row)][rows]
-        else:
-            noise_gen = torch.Generator().manual_seed(iteration_seed(self.cfg.train.seed, iteration, 1 + 100 * phase))
-            noise = initial_noise(total, self.latent_channels, self.latent_size, noise_gen, torch.device("cpu"))[rows]
-        # Each row's SDE noise from its own generator (seed x 4099 + row: rows < 4099 never reach
-        # another iteration's or stream's seeds): 1 or N processes sample the same rollouts. It is
-        # drawn per micro-batch (_sample_chunk): T latents per row, never the whole phase's at once.
-        sde_seed = iteration_seed(self.cfg.train.seed, iteration, 2 + 100 * phase) * 4_099
+        noise = phase_initial_noise(
+            self.cfg.train.seed, iteration, phase, group_of_row, len(plan.prompts), self.latent_channels,
+            self.latent_size, shared=self.cfg.sampling.group_noise == "shared")[rows]
+        # Each row's SDE noise is drawn per micro-batch (_sample_chunk): T latents per row, never
+        # the whole phase's at once.
+        sde_seed = sde_noise_seed(self.cfg.train.seed, iteration, phase)
         embeds = self.encoder.encode(plan.prompts)
         uncond = self.encoder.negative()
         points = self._credit_points(iteration)
@@ -397,7 +383,7 @@ class Trainer:
         gradient averaged over processes is the one process's mean-loss gradient."""
         cfg = self.cfg
         total = len(rollouts.rewards)
-        order = torch.randperm(total, generator=torch.Generator().manual_seed(iteration_seed(cfg.train.seed, iteration, 4)))
+        order = minibatch_order(cfg.train.seed, iteration, total)
         local_of_row = torch.full((total,), -1, dtype=torch.long)  # global row -> its index in our rollouts (-1: not ours)
         local_of_row[rollouts.rows] = torch.arange(len(rollouts.rows))
         uncond = self.encoder.negative()
