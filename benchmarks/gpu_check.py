@@ -62,6 +62,7 @@ SMOKE = {
                            feed_forward_proj="gated-gelu", is_encoder_decoder=False),
 }
 SMOKE_RES, SMOKE_T5_LEN = 64, 16
+SDE_STEP = (900.0, 0.9, 0.8, 0.5)  # the step sampled and trained: timestep, sigma, next sigma, sigma_t
 
 
 class Results:
@@ -176,33 +177,39 @@ def encode(parts: dict, rows: int, t5_len: int, device) -> tuple[torch.Tensor, t
     return torch.cat([clip, t5_out.to(clip.dtype)], dim=1).float(), torch.cat(pooled, dim=-1).float()
 
 
-def sample_step(tr, x, cond, uncond, guidance: float):
+def sample_velocity(tr, x, cond, uncond, guidance: float) -> torch.Tensor:
     from superflow_lite.rollout import predict_velocity
+
+    return predict_velocity(tr, x, SDE_STEP[0], cond, uncond, guidance)
+
+
+def sample_step(tr, x, cond, uncond, guidance: float):
     from superflow_lite.sde import sde_step
 
     with torch.no_grad():
-        v = predict_velocity(tr, x, 900.0, cond, uncond, guidance)
-        return sde_step(x, v, 0.9, 0.8, 0.5)[0]
+        return sde_step(x, sample_velocity(tr, x, cond, uncond, guidance), *SDE_STEP[1:])[0]
 
 
-def train_step(tr, x, cond, uncond, guidance: float, kl_beta: float) -> torch.Tensor:
-    """One trained step as Trainer.step_loss computes it, and its backward."""
+def stored_step(tr, x, cond, uncond, guidance: float) -> dict:
+    """A training micro-batch of SDE_STEP from x as sampling stores it: the latents before and
+    after the step, its log-prob, and random advantages."""
+    from superflow_lite.sde import sde_step
+
+    with torch.no_grad():
+        x_next, logp, _ = sde_step(x, sample_velocity(tr, x, cond, uncond, guidance), *SDE_STEP[1:])
+    return {"latents": torch.stack([x, x_next], dim=1), "logp_old": logp[:, None],
+            "adv": torch.randn(x.shape[0], 1, device=x.device), "cond": cond, "uncond": uncond}
+
+
+def train_step(tr, batch: dict, settings) -> torch.Tensor:
+    """One trained step of a stored micro-batch as the trainer computes it (policy.step_loss), and its backward."""
     from superflow_lite.models import adapters_disabled
-    from superflow_lite.policy import clipped_policy_loss
-    from superflow_lite.rollout import predict_velocity
-    from superflow_lite.sde import gaussian_logp, kl_to_reference, sde_step_mean_std
+    from superflow_lite.policy import step_loss
+    from superflow_lite.rollout import Schedule
 
-    v = predict_velocity(tr, x, 900.0, cond, uncond, guidance)
-    mu, std = sde_step_mean_std(x, v, 0.9, 0.8, 0.5)
-    x_next = mu.detach() + std * torch.randn_like(mu)
-    loss_pg, _ = clipped_policy_loss(gaussian_logp(x_next, mu, std), gaussian_logp(x_next, mu, std).detach(),
-                                     torch.randn(x.shape[0], device=x.device), 1e-4)
-    loss = loss_pg.mean()
-    if kl_beta > 0:
-        with torch.no_grad(), adapters_disabled(tr):
-            v_ref = predict_velocity(tr, x, 900.0, cond, uncond, guidance)
-        mu_ref, _ = sde_step_mean_std(x, v_ref, 0.9, 0.8, 0.5)
-        loss = loss + kl_beta * kl_to_reference(mu, mu_ref, 0.5).mean()
+    timestep, sigma, sigma_next, sigma_t = SDE_STEP
+    schedule = Schedule(sigmas=(sigma, sigma_next), timesteps=(timestep,), sigma_t=(sigma_t,))
+    loss, _ = step_loss(tr, batch, schedule, 0, 0, settings, lambda: adapters_disabled(tr))
     loss.backward()
     return loss.detach()
 
@@ -307,8 +314,10 @@ def _free(device) -> None:
 def step_preset(preset: str, smoke: bool, device) -> dict:
     """Load, encode, sample and train as the preset does, under its card's memory."""
     from superflow_lite import memory, text_encoders, vram
+    from superflow_lite.algorithms import resolve_algorithm
     from superflow_lite.config import build_config
     from superflow_lite.models import quantize_linears
+    from superflow_lite.policy import LossSettings
 
     cfg = build_config(preset)
     card = vram.CARD_GIB[preset]
@@ -377,12 +386,12 @@ def step_preset(preset: str, smoke: bool, device) -> dict:
             score(reward, images)
     record["decode_and_score"] = _phase_record(ph)
     del images, x
-    x = torch.randn(b_t, c.in_channels, side, side, device=device)
-    unc = rep(b_t) if cfg.train.cfg_in_training else None
+    batch = stored_step(tr, torch.randn(b_t, c.in_channels, side, side, device=device), rep(b_t), rep(b_t), g)
+    settings = LossSettings.from_config(cfg, resolve_algorithm(cfg))
     if cuda:  # warm-up, as for sampling; its peak is in max_reserved_gib below
-        train_step(tr, x, rep(b_t), unc, g, cfg.train.kl_beta)
+        train_step(tr, batch, settings)
     with Phase(device) as ph:
-        train_step(tr, x, rep(b_t), unc, g, cfg.train.kl_beta)
+        train_step(tr, batch, settings)
         opt.step()
         opt.zero_grad(set_to_none=False)
     record["train_micro_batch_step"] = _phase_record(ph)
@@ -435,6 +444,7 @@ def _reward_model(smoke: bool, device):
 def step_oom(smoke: bool, device) -> dict:
     """retry_on_oom on a training micro-batch of 8 where only about 2 rows fit."""
     from superflow_lite import memory, oom
+    from superflow_lite.policy import LossSettings
 
     c = configs(smoke)["transformer"]
     res = SMOKE_RES if smoke else 512
@@ -446,6 +456,7 @@ def step_oom(smoke: bool, device) -> dict:
     if torch.device(device).type == "cuda":
         cap = torch.cuda.memory_allocated() + 2.5 * per_row + GIB // 2
         torch.cuda.set_per_process_memory_fraction(cap / torch.cuda.get_device_properties(0).total_memory)
+    settings = LossSettings(guidance_scale=4.5, clip_range=1e-4, kl_beta=0.04, detach_uncond=True, cfg_in_training=True)
     tried = []
 
     def fn(rows: int):
@@ -454,7 +465,7 @@ def step_oom(smoke: bool, device) -> dict:
             raise torch.OutOfMemoryError(f"CUDA out of memory (fake cap of 2 rows; asked {rows})")
         x = torch.randn(rows, c["in_channels"], side, side, device=device)
         e = _embeds(rows, n_txt, c["joint_attention_dim"], c["pooled_projection_dim"], device)
-        return float(train_step(tr, x, e, e, 4.5, 0.04))
+        return float(train_step(tr, stored_step(tr, x, e, e, 4.5), settings))
 
     loss, size = oom.retry_on_oom(fn, 8, log, "gpu check training")
     return {"tried": tried, "finished_at": size, "loss_finite": math.isfinite(loss), "halved": size < 8}

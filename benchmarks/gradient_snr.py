@@ -27,7 +27,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from superflow_lite import advantages as adv_math  # noqa: E402
 from superflow_lite.config import build_config  # noqa: E402
-from superflow_lite.rewards.async_scorer import AsyncRewardScorer  # noqa: E402
 from superflow_lite.rollout import decode_images, make_schedule, predict_velocity  # noqa: E402
 from superflow_lite.rundir import RunDir  # noqa: E402
 from superflow_lite.trainer import Trainer, trained_steps_for  # noqa: E402
@@ -40,19 +39,19 @@ def lora_gradient(trainer: Trainer) -> torch.Tensor:
 
 
 def x0_values(trainer: Trainer, rollouts, schedule, prompts: list[str], group_of_row: np.ndarray) -> np.ndarray:
-    """V[i, t] = unit reward of decode(x_t - s_t v_t) for t < T, and the final reward at t = T."""
+    """V[i, t] = unit reward of decode(x_t - s_t v_t) for t < T (ALGORITHM.md 4), from the stored
+    latents: a flow_grpo trainer scores no x0 prediction while it samples."""
     cfg = trainer.cfg
     n = len(rollouts.rows)
     cond = trainer.encoder.encode(prompts).index(rollouts.group.tolist())
     uncond = trainer.encoder.negative().repeat(n)
-    values = np.zeros((n, schedule.num_steps + 1))
+    values = np.zeros((n, schedule.num_steps))
     with torch.no_grad():
         for t in range(schedule.num_steps):
             x = rollouts.latents[:, t]
             v = predict_velocity(trainer.transformer, x, schedule.timesteps[t], cond, uncond, cfg.sampling.guidance_scale)
             images = decode_images(trainer.pipe, x - schedule.sigmas[t] * v)
             values[:, t] = trainer.reward.to_unit(trainer.reward(images, [prompts[g] for g in group_of_row]).scores)
-    values[:, -1] = rollouts.unit_rewards
     return values
 
 
@@ -75,11 +74,10 @@ def main() -> int:
         "train.kl_beta=0", *args.set])
     run = RunDir(work / "run")
     run.create()
-    trainer = Trainer(cfg, run)
     steps = args.sde_steps if args.sde_steps is not None else trained_steps_for(cfg, 0)
     windowed = args.sde_steps is not None or cfg.train.sde_window > 0
     grads: dict[str, list[torch.Tensor]] = {"flow_grpo": [], "x0_credit": []}
-    with AsyncRewardScorer(trainer.reward) as trainer.scorer:
+    with Trainer(cfg, run) as trainer:
         for batch in range(args.batches):
             # With an SDE window, every batch uses the window of iteration 0 (the same steps).
             schedule = make_schedule(trainer.pipe.scheduler, cfg.sampling.num_steps, cfg.sampling.noise_level,
@@ -89,16 +87,18 @@ def main() -> int:
             group_of_row = plan.group_ids()
             r = rollouts.unit_rewards
             readings = {"flow_grpo": np.repeat(adv_math.flow_grpo_advantages(r, group_of_row)[:, None], len(steps), 1)}
-            if args.x0_credit:
-                delta = np.diff(x0_values(trainer, rollouts, schedule, plan.prompts, group_of_row), axis=1)
-                group_mean = np.stack([delta[group_of_row == k].mean(0) for k in range(len(plan.prompts))])[group_of_row]
-                credit = (delta - group_mean) / (r.std() + 1e-4)
-                readings["x0_credit"] = np.clip(len(steps) * credit[:, steps], -5, 5)
+            if args.x0_credit:  # the step credit alone (mix 1, ALGORITHM.md 4) over Flow-GRPO's baseline and scale
+                T = schedule.num_steps
+                readings["x0_credit"], _ = adv_math.compute_credit_advantages(
+                    r, group_of_row, x0_values=x0_values(trainer, rollouts, schedule, plan.prompts, group_of_row),
+                    points=range(T), num_steps=T, mix=1.0, baseline="group_mean", values_before=None, first_visit=None,
+                    sigmas=schedule.sigmas, noise_level=cfg.sampling.noise_level, trained_steps=steps,
+                    weight_kind="none", clip=5.0)
             embeds = trainer.encoder.encode(plan.prompts)
             for name, adv in readings.items():
-                trainer._accumulate(torch.arange(len(rollouts.rows)), cfg.train.micro_batch, rollouts,
-                                    torch.as_tensor(adv, dtype=torch.float32), embeds, trainer.encoder.negative(),
-                                    schedule, steps)
+                trainer.accumulate_gradients(torch.arange(len(rollouts.rows)), cfg.train.micro_batch, rollouts,
+                                             torch.as_tensor(adv, dtype=torch.float32), embeds,
+                                             trainer.encoder.negative(), schedule, steps)
                 grads[name].append(lora_gradient(trainer))
             print(f"batch {batch}: reward mean {r.mean():.3f} std {r.std():.3f}", flush=True)
     for name, gs in grads.items():

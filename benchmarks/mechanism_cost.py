@@ -20,7 +20,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from superflow_lite.config import build_config  # noqa: E402
-from superflow_lite.rewards.async_scorer import AsyncRewardScorer  # noqa: E402
 from superflow_lite.rundir import RunDir  # noqa: E402
 from superflow_lite.trainer import Trainer  # noqa: E402
 
@@ -44,8 +43,7 @@ def time_variant(overrides: list[str], iterations: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         run = RunDir(Path(tmp) / "run")
         run.create()
-        trainer = Trainer(cfg, run)
-        with AsyncRewardScorer(trainer.reward) as trainer.scorer:
+        with Trainer(cfg, run) as trainer:
             rows = [trainer.train_iteration(i) for i in range(iterations)]
     kept = rows[1:] or rows
     return {k: float(np.mean([r[k] for r in kept])) for k in KEYS if k in kept[0]}

@@ -27,12 +27,12 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent.parent
 OUT = HERE / "benchmarks" / "results" / "throughput"
 
-# Runs inside each checkout, with its own superflow_lite: only the API both sides share.
+# Runs inside each checkout, with its own superflow_lite: only the API both sides share. A
+# checkout whose Trainer has no close() expects its caller to hand it the reward scorer.
 CHILD = r"""
-import json, sys, tempfile, time
+import contextlib, json, sys, tempfile, time
 from pathlib import Path
 from superflow_lite.config import build_config
-from superflow_lite.rewards.async_scorer import AsyncRewardScorer
 from superflow_lite.rundir import RunDir
 from superflow_lite.trainer import Trainer
 iterations, overrides = int(sys.argv[1]), sys.argv[2:]
@@ -41,7 +41,11 @@ with tempfile.TemporaryDirectory() as tmp:
     run = RunDir(Path(tmp) / "run")
     run.create()
     trainer = Trainer(cfg, run)
-    with AsyncRewardScorer(trainer.reward) as trainer.scorer:
+    if not hasattr(trainer, "close"):
+        from superflow_lite.rewards.async_scorer import AsyncRewardScorer
+        trainer.scorer = AsyncRewardScorer(trainer.reward)
+        trainer.close = trainer.scorer.close
+    with contextlib.closing(trainer):
         trainer.train_iteration(0)
         start = time.perf_counter()
         rows = [trainer.train_iteration(i) for i in range(1, iterations + 1)]

@@ -11,7 +11,8 @@ import torch
 
 from .embeddings import PromptEncoder
 from .rewards.base import Reward
-from .rollout import decode_images, initial_noise, make_schedule, sample_trajectories
+from .rollout import decode_images, make_schedule, sample_trajectories
+from .seeds import initial_noise
 
 
 class EvaluationStopped(Exception):

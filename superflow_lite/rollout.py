@@ -120,7 +120,7 @@ def sample_trajectories(
 ) -> Trajectories:
     """Run the SDE (ODE on steps with sigma_t == 0) from `noise`, recording every state.
 
-    sde_noise: [B, T, C, H, W] the standard normal draw of each row's step t (rollout_sde_noise);
+    sde_noise: [B, T, C, H, W] the standard normal draw of each row's step t (seeds.rollout_sde_noise);
     required when the schedule has an SDE step.
 
     x0_steps: steps t whose one-step prediction of the clean sample, x0_hat_t = x_t - s_t v_t
@@ -150,22 +150,6 @@ def to_rollout_buffer(t: torch.Tensor, buffer_device: torch.device) -> torch.Ten
         out = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
         return out.copy_(t)
     return t.to(buffer_device)
-
-
-def initial_noise(
-    num: int, channels: int, latent_size: int, generator: torch.Generator, device: torch.device
-) -> torch.Tensor:
-    """x_0 ~ N(0, I), drawn on the CPU so a seed gives the same noise on any device."""
-    return torch.randn((num, channels, latent_size, latent_size), generator=generator).to(device)
-
-
-def rollout_sde_noise(rows: list[int], num_steps: int, channels: int, latent_size: int, seed: int) -> torch.Tensor:
-    """Each rollout's SDE noise [len(rows), T, C, H, W], drawn on the CPU from a generator of its
-    own (seed + row): a row's sample never depends on which process or micro-batch draws it."""
-    return torch.stack([
-        torch.randn((num_steps, channels, latent_size, latent_size),
-                    generator=torch.Generator().manual_seed((seed + row) % 2**63))
-        for row in rows])
 
 
 @torch.no_grad()

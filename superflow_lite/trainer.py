@@ -14,6 +14,7 @@ import math
 import signal
 import time
 import warnings
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -34,14 +35,14 @@ from .grouping import GroupPlan, GroupSampler
 from .memory import plan_for_config
 from .models import adapters_disabled, add_lora, load_pipeline, lora_parameters, require_bitsandbytes, resolve_device
 from .oom import agree_micro_batch, retry_on_oom
-from .policy import clipped_policy_loss
+from .policy import LossSettings, step_loss
 from .prompts import eval_subset, load_prompts
 from .rewards.async_scorer import AsyncRewardScorer
+from .rewards.base import RewardOutput
 from .rewards.registry import build_reward
-from .rollout import (Schedule, decode_images, initial_noise, make_schedule, predict_velocity, rollout_sde_noise,
-                      sample_trajectories, to_rollout_buffer)
+from .rollout import Schedule, Trajectories, decode_images, make_schedule, sample_trajectories, to_rollout_buffer
 from .rundir import RunDir, read_metrics
-from .sde import gaussian_logp, kl_to_reference, sde_step_mean_std
+from .seeds import minibatch_order, phase_initial_noise, rollout_sde_noise, sde_noise_seed, sde_window_rng
 
 log = logging.getLogger("superflow_lite")
 
@@ -82,16 +83,27 @@ class Rollouts:
     perf: dict[str, float] = field(default_factory=dict)
 
 
-def iteration_seed(seed: int, iteration: int, stream: int) -> int:
-    """A seed per (run seed, iteration, purpose): runs resume bit-for-bit without RNG replay."""
-    return (seed * 1_000_003 + iteration * 7_919 + stream) % (2**63)
+@dataclass
+class SampledPhase:
+    """A sampling phase's rows of this process as sampled so far, their rewards still being scored.
+
+    latents, logps: the stored trajectories per micro-batch; rewards: one future per
+    micro-batch; x0_rewards: per micro-batch, one future per scored x0 step (step credit on);
+    batches: sampling micro-batches; credit_s: the time spent on the x0 predictions."""
+
+    latents: list[torch.Tensor] = field(default_factory=list)
+    logps: list[torch.Tensor] = field(default_factory=list)
+    rewards: list[Future[RewardOutput]] = field(default_factory=list)
+    x0_rewards: list[list[Future[RewardOutput]]] = field(default_factory=list)
+    batches: int = 0
+    credit_s: float = 0.0
 
 
 def trained_steps_for(cfg: Config, iteration: int) -> list[int]:
     """Which SDE steps are trained: an SDE window (Flow-GRPO-Fast) or the first T-1 steps."""
     T, k = cfg.sampling.num_steps, cfg.train.sde_window
     if k > 0:
-        rng = np.random.default_rng(iteration_seed(cfg.train.seed, iteration, 3))
+        rng = sde_window_rng(cfg.train.seed, iteration)
         span = cfg.train.sde_window_span or T - 1  # the last step (near-deterministic) is never in it
         start = int(rng.integers(0, span - k + 1))
         return list(range(start, start + k))
@@ -117,6 +129,17 @@ class StopRequested:
 
 
 class Trainer:
+    """One run's model, optimizer, sampler and reward, and the loop over them.
+
+    The reward scores on a worker thread of the trainer's own (`scorer`), started by the
+    first rollouts sampled; `close()` finishes what it was given and ends it. `fit` closes
+    it when its loop ends, however it ends; a caller driving `train_iteration` or `collect`
+    itself closes the trainer, or uses it as a context manager:
+
+        with Trainer(cfg, run) as trainer:
+            row = trainer.train_iteration(0)
+    """
+
     def __init__(self, cfg: Config, run: RunDir, stop: StopRequested | None = None):
         self.cfg, self.run = cfg, run
         self.algo = resolve_algorithm(cfg)
@@ -158,10 +181,31 @@ class Trainer:
         self.latent_size = cfg.sampling.resolution // self.pipe.vae_scale_factor
         self.iteration = 0
         self.rollouts_total = 0
+        self._scorer: AsyncRewardScorer | None = None
 
     @property
     def base_model(self) -> torch.nn.Module:
         return self.accelerator.unwrap_model(self.transformer)
+
+    # ------------------------------------------------------------------ the reward's thread
+    @property
+    def scorer(self) -> AsyncRewardScorer:
+        """The reward scorer's worker thread, started on first use (after a `close()`, afresh)."""
+        if self._scorer is None:
+            self._scorer = AsyncRewardScorer(self.reward)
+        return self._scorer
+
+    def close(self) -> None:
+        """Wait for the rewards submitted to the scorer, then end its thread. Idempotent."""
+        if self._scorer is not None:
+            scorer, self._scorer = self._scorer, None
+            scorer.close(wait=True)
+
+    def __enter__(self) -> "Trainer":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
@@ -259,38 +303,39 @@ class Trainer:
     def _collect_phase(self, plan: GroupPlan, schedule: Schedule, iteration: int, phase: int) -> Rollouts:
         """One sampling phase: every rollout of `plan`, scored (and, with step credit, every
         scored step's x0 prediction decoded and scored too)."""
-        group_of_row = plan.group_ids()
-        total = len(group_of_row)
-        rank, world = self.accelerator.process_index, self.accelerator.num_processes
-        # A halving on one rank (retry_on_oom) becomes every rank's size: they shard alike.
+        self._agree_micro_batches()
+        rows = self._rows_of_this_process(plan.total_rollouts)
+        noise = phase_initial_noise(
+            self.cfg.train.seed, iteration, phase, plan.group_ids(), len(plan.prompts), self.latent_channels,
+            self.latent_size, shared=self.cfg.sampling.group_noise == "shared")[rows]
+        sde_seed = sde_noise_seed(self.cfg.train.seed, iteration, phase)
+        points = self._credit_points(iteration)
+        sampled = self._sample_and_submit(plan, schedule, rows, noise, sde_seed, points)
+        return self._scored_rollouts(plan, rows, sampled, points)
+
+    def _agree_micro_batches(self) -> None:
+        """A halving on one rank (retry_on_oom) becomes every rank's size: they shard alike."""
         self.sample_micro_batch = agree_micro_batch(self.sample_micro_batch, self.accelerator)
         self.train_micro_batch = agree_micro_batch(self.train_micro_batch, self.accelerator)
+
+    def _rows_of_this_process(self, total: int) -> list[int]:
+        """The phase's global rows this process samples: those congruent to its rank."""
+        rank, world = self.accelerator.process_index, self.accelerator.num_processes
         if total < world:  # a process with no rollout would have nothing to take to the collectives
             raise ValueError(f"{total} rollouts in this sampling phase for {world} processes: each process needs "
                              "at least one; raise batch.rollout_cap or launch fewer processes")
-        rows = list(range(rank, total, world))
-        # Phase 1 draws the initial noise from stream 1 and the SDE noise from stream 2; phase 2 offsets both by 100.
-        # Draw every row's noise (all processes alike), keep ours: sharding never changes samples.
-        if self.cfg.sampling.group_noise == "shared":
-            # One noise per prompt, from phase 1's stream: a probe's second phase starts where its first did.
-            group_gen = torch.Generator().manual_seed(iteration_seed(self.cfg.train.seed, iteration, 1))
-            per_group = initial_noise(len(plan.prompts), self.latent_channels, self.latent_size, group_gen,
-                                      torch.device("cpu"))
-            noise = per_group[torch.as_tensor(group_of_row)][rows]
-        else:
-            noise_gen = torch.Generator().manual_seed(iteration_seed(self.cfg.train.seed, iteration, 1 + 100 * phase))
-            noise = initial_noise(total, self.latent_channels, self.latent_size, noise_gen, torch.device("cpu"))[rows]
-        # Each row's SDE noise from its own generator (seed x 4099 + row: rows < 4099 never reach
-        # another iteration's or stream's seeds): 1 or N processes sample the same rollouts. It is
-        # drawn per micro-batch (_sample_chunk): T latents per row, never the whole phase's at once.
-        sde_seed = iteration_seed(self.cfg.train.seed, iteration, 2 + 100 * phase) * 4_099
+        return list(range(rank, total, world))
+
+    def _sample_and_submit(self, plan: GroupPlan, schedule: Schedule, rows: list[int], noise: torch.Tensor,
+                           sde_seed: int, points: list[int]) -> SampledPhase:
+        """Sample `rows` from `noise` in micro-batches, each handed to the scorer as soon as it is
+        decoded: the reward scores one micro-batch while the next samples. Each row's SDE noise
+        (from `sde_seed`) is drawn with its micro-batch, never the whole phase's at once."""
         embeds = self.encoder.encode(plan.prompts)
         uncond = self.encoder.negative()
-        points = self._credit_points(iteration)
-        latents, logps, futures, credit_futures = [], [], [], []
-        credit_s, batches = 0.0, 0
+        groups_of_rows = plan.group_ids()[rows]
+        sampled = SampledPhase()
         self.transformer.eval()
-        groups_of_rows = group_of_row[rows]
         start = 0
         while start < len(rows):
             chunk = slice(start, min(start + self.sample_micro_batch, len(rows)))
@@ -300,36 +345,54 @@ class Trainer:
                                               sde_seed, points),
                 self.sample_micro_batch, log, "sampling")
             for groups, traj, images in pieces:
-                prompts = [plan.prompts[g] for g in groups]
-                futures.append(self.scorer.submit(images, prompts, [{} for _ in groups]))
-                latents.append(to_rollout_buffer(traj.latents, self.buffer_device))
-                logps.append(to_rollout_buffer(traj.logp, self.buffer_device))
-                batches += 1
-                if points:  # decode each scored step's x0 prediction; the scorer works meanwhile
-                    t = time.perf_counter()
-                    credit_futures.append([
-                        self.scorer.submit(decode_images(self.pipe, traj.x0_hat[:, j], self.cfg.memory.vae_decode),
-                                           prompts, [{} for _ in groups]) for j in range(len(points))])
-                    credit_s += time.perf_counter() - t
+                self._submit_micro_batch(sampled, [plan.prompts[g] for g in groups], traj, images, points)
             start = chunk.stop
-        outputs = [f.result() for f in futures]
+        return sampled
+
+    def _submit_micro_batch(self, sampled: SampledPhase, prompts: list[str], traj: Trajectories, images: list,
+                            points: list[int]) -> None:
+        """Hand one micro-batch's images to the scorer and keep its trajectories for the update.
+        With step credit its x0 predictions are decoded and handed over too, while the scorer works."""
+        sampled.rewards.append(self.scorer.submit(images, prompts, [{} for _ in prompts]))
+        sampled.latents.append(to_rollout_buffer(traj.latents, self.buffer_device))
+        sampled.logps.append(to_rollout_buffer(traj.logp, self.buffer_device))
+        sampled.batches += 1
+        if points:
+            t = time.perf_counter()
+            sampled.x0_rewards.append([
+                self.scorer.submit(decode_images(self.pipe, traj.x0_hat[:, j], self.cfg.memory.vae_decode),
+                                   prompts, [{} for _ in prompts]) for j in range(len(points))])
+            sampled.credit_s += time.perf_counter() - t
+
+    def _scored_rollouts(self, plan: GroupPlan, rows: list[int], sampled: SampledPhase,
+                         points: list[int]) -> Rollouts:
+        """The phase's rollouts once their rewards are in, the rewards of every process's rows."""
+        group_of_row = plan.group_ids()
+        total = len(group_of_row)
+        outputs = [f.result() for f in sampled.rewards]
         local_scores = np.concatenate([o.scores for o in outputs]) if outputs else np.zeros(0)
         scores = self._all_rows(local_scores, rows, total)
         extras = {k: self._all_rows(np.concatenate([o.extras[k] for o in outputs]), rows, total)
                   for k in (outputs[0].extras if outputs else {})}
-        x0_values, t = None, time.perf_counter()
-        if points:
-            local = np.concatenate([np.stack([f.result().scores for f in fs], axis=1) for fs in credit_futures])
-            x0_values = np.stack([self.reward.to_unit(self._all_rows(local[:, j], rows, total))
-                                  for j in range(len(points))], axis=1)
-            credit_s += time.perf_counter() - t
-        perf = {"perf/sample_batches": float(batches), **({"perf/credit_s": credit_s} if points else {})}
+        x0_values = self._x0_values(sampled, rows, total) if points else None
+        perf = {"perf/sample_batches": float(sampled.batches),
+                **({"perf/credit_s": sampled.credit_s} if points else {})}
         return Rollouts(
             rows=torch.tensor(rows), group=torch.tensor(group_of_row[rows]),
-            latents=torch.cat(latents), logp_old=torch.cat(logps),
+            latents=torch.cat(sampled.latents), logp_old=torch.cat(sampled.logps),
             rewards=scores, unit_rewards=self.reward.to_unit(scores), extras=extras,
             x0_values=x0_values, plan=plan, perf=perf,
         )
+
+    def _x0_values(self, sampled: SampledPhase, rows: list[int], total: int) -> np.ndarray:
+        """[total, P] unit-range rewards of every row's scored x0 predictions (ALGORITHM.md 4);
+        the wait for them counts into the phase's credit time."""
+        t = time.perf_counter()
+        local = np.concatenate([np.stack([f.result().scores for f in fs], axis=1) for fs in sampled.x0_rewards])
+        values = np.stack([self.reward.to_unit(self._all_rows(local[:, j], rows, total))
+                           for j in range(local.shape[1])], axis=1)
+        sampled.credit_s += time.perf_counter() - t
+        return values
 
     def _credit_points(self, iteration: int) -> list[int]:
         """The steps whose x0 prediction is scored this iteration; none with step credit off."""
@@ -368,26 +431,14 @@ class Trainer:
         return full.cpu().numpy()
 
     # ------------------------------------------------------------------ update
-    def step_loss(self, batch: dict, schedule: Schedule, step: int, step_pos: int) -> tuple[torch.Tensor, dict]:
-        """Loss of one trained step for a training micro-batch (ALGORITHM.md 2)."""
-        cfg, s = self.cfg, schedule
-        x, x_next = batch["latents"][:, step], batch["latents"][:, step + 1]
-        uncond = batch["uncond"] if cfg.train.cfg_in_training else None
-        v = predict_velocity(self.transformer, x, s.timesteps[step], batch["cond"], uncond,
-                             cfg.sampling.guidance_scale, detach_uncond=self.algo.detach_uncond)
-        mu, std = sde_step_mean_std(x, v, s.sigmas[step], s.sigmas[step + 1], s.sigma_t[step])
-        logp = gaussian_logp(x_next, mu, std)
-        loss_pg, stats = clipped_policy_loss(logp, batch["logp_old"][:, step], batch["adv"][:, step_pos], cfg.train.clip_range)
-        loss = loss_pg.mean()
-        stats = {k: v.mean() for k, v in stats.items()}
-        if cfg.train.kl_beta > 0:  # at 0 there is no reference pass, so no KL to report (not a KL of 0)
-            with torch.no_grad(), adapters_disabled(self.base_model):
-                v_ref = predict_velocity(self.transformer, x, s.timesteps[step], batch["cond"], uncond, cfg.sampling.guidance_scale)
-            mu_ref, _ = sde_step_mean_std(x, v_ref, s.sigmas[step], s.sigmas[step + 1], s.sigma_t[step])
-            kl = kl_to_reference(mu, mu_ref, s.sigma_t[step]).mean()
-            loss = loss + cfg.train.kl_beta * kl
-            stats["kl"] = kl
-        return loss, {"loss": loss.detach(), **{k: v.detach() for k, v in stats.items()}}
+    @property
+    def loss_settings(self) -> LossSettings:
+        """What `policy.step_loss` reads from this run's config and algorithm."""
+        return LossSettings.from_config(self.cfg, self.algo)
+
+    def reference_policy(self) -> contextlib.AbstractContextManager:
+        """The KL reference: inside it the transformer is the base model (the LoRA adapter disabled)."""
+        return adapters_disabled(self.base_model)
 
     def update(self, rollouts: Rollouts, adv: torch.Tensor, embeds: PromptEmbeds, schedule: Schedule,
                steps: list[int], iteration: int) -> dict[str, float]:
@@ -398,7 +449,7 @@ class Trainer:
         gradient averaged over processes is the one process's mean-loss gradient."""
         cfg = self.cfg
         total = len(rollouts.rewards)
-        order = torch.randperm(total, generator=torch.Generator().manual_seed(iteration_seed(cfg.train.seed, iteration, 4)))
+        order = minibatch_order(cfg.train.seed, iteration, total)
         local_of_row = torch.full((total,), -1, dtype=torch.long)  # global row -> its index in our rollouts (-1: not ours)
         local_of_row[rollouts.rows] = torch.arange(len(rollouts.rows))
         uncond = self.encoder.negative()
@@ -410,8 +461,8 @@ class Trainer:
             minibatch = minibatch[minibatch >= 0]
             # A CUDA OOM halves the micro-batch and redoes this minibatch from zero_grad.
             (mb_sums, mb_count), self.train_micro_batch = retry_on_oom(
-                lambda mb: self._accumulate(minibatch, mb, rollouts, adv, embeds, uncond, schedule, steps,
-                                            minibatch_rows=len(rows_of_minibatch)),
+                lambda mb: self.accumulate_gradients(minibatch, mb, rollouts, adv, embeds, uncond, schedule, steps,
+                                                     minibatch_rows=len(rows_of_minibatch)),
                 self.train_micro_batch, log, "training")
             grad_norm = float(self.accelerator.clip_grad_norm_(lora_parameters(self.base_model), cfg.train.grad_clip))
             if not finite_step(grad_norm):  # never let NaN/inf reach the optimizer (or a checkpoint)
@@ -433,9 +484,9 @@ class Trainer:
         return {**stats, "grpo/grad_norm": float(np.mean(grad_norms)) if grad_norms else 0.0,
                 "grpo/skipped_steps": skipped}
 
-    def _accumulate(self, minibatch: torch.Tensor, micro_batch: int, rollouts: Rollouts, adv: torch.Tensor,
-                    embeds: PromptEmbeds, uncond: PromptEmbeds, schedule: Schedule, steps: list[int],
-                    minibatch_rows: int | None = None) -> tuple[dict, int]:
+    def accumulate_gradients(self, minibatch: torch.Tensor, micro_batch: int, rollouts: Rollouts, adv: torch.Tensor,
+                             embeds: PromptEmbeds, uncond: PromptEmbeds, schedule: Schedule, steps: list[int],
+                             minibatch_rows: int | None = None) -> tuple[dict, int]:
         """zero_grad, then accumulate the minibatch's mean-loss gradient in micro-batches of `micro_batch`.
 
         minibatch: our rows of it (indices into `rollouts`); minibatch_rows: its rows on all
@@ -444,6 +495,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         world = self.accelerator.num_processes
         minibatch_rows = len(minibatch) if minibatch_rows is None else minibatch_rows
+        settings = self.loss_settings
         sums: dict[str, float] = {}
         count = 0
         # None of the minibatch is ours: a zero-weight pass on our first row still joins the gradient all-reduce.
@@ -460,7 +512,8 @@ class Trainer:
             for pos, step in enumerate(steps):
                 last = m_idx == len(micro) - 1 and pos == len(steps) - 1
                 with self._sync_unless(last):
-                    loss, stats = self.step_loss(batch, schedule, step, pos)
+                    loss, stats = step_loss(self.transformer, batch, schedule, step, pos, settings,
+                                            self.reference_policy)
                     # Weight so the accumulated gradient is the mean over (rollout, step) of the
                     # whole minibatch: DDP averages over the processes, hence x world.
                     self.accelerator.backward(loss * (rows * world / minibatch_rows) / len(steps))
@@ -633,7 +686,8 @@ class Trainer:
             return metrics
 
         tracking.init(self.accelerator, report_to, run.path, dataclasses.asdict(cfg))
-        with logging_redirect_tqdm(loggers=[log]), AsyncRewardScorer(self.reward) as self.scorer:
+        # Closing the trainer ends the reward scorer's thread with the loop, however the loop ends.
+        with logging_redirect_tqdm(loggers=[log]), contextlib.closing(self):
             if self.iteration == 0 and main:
                 step0 = evaluate(0)
                 if step0:  # abandoned by a stop: a resume evaluates step 0 again

@@ -1,7 +1,10 @@
-"""Shared fixtures: tiny configs and pipelines that run in seconds on a 2-core CPU."""
+"""Shared fixtures: tiny configs, pipelines and trainers that run in seconds on a 2-core CPU."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -49,3 +52,47 @@ def tiny_pipe():
         if module is not None:
             module.eval()  # a pipeline built from configs (no weights yet) starts in train mode: dropout
     return pipe
+
+
+def build_trainer(path: Path, overrides: list[str]):
+    """A Trainer of the tiny preset with `overrides`, in a new run directory at `path`."""
+    from superflow_lite.config import build_config
+    from superflow_lite.rundir import RunDir
+    from superflow_lite.trainer import Trainer
+
+    run = RunDir(path)
+    run.create()
+    return Trainer(build_config("tiny", None, overrides), run)
+
+
+def trainer_step_loss(trainer, batch: dict, schedule, step: int, step_pos: int):
+    """policy.step_loss with the trainer's model, loss settings and KL reference, as its update calls it."""
+    from superflow_lite.policy import step_loss
+
+    return step_loss(trainer.transformer, batch, schedule, step, step_pos, trainer.loss_settings,
+                     trainer.reference_policy)
+
+
+@pytest.fixture
+def make_trainer(tmp_path, fast_overrides):
+    """make_trainer(*overrides, fast=True, path=None): a Trainer of the tiny preset in its own run
+    directory (tmp_path/run unless `path`), with the fast overrides and then `overrides` (with
+    fast=False, `overrides` alone). Every trainer it made is closed after the test, which ends
+    its reward scorer's thread."""
+    trainers = []
+
+    def make(*overrides: str, fast: bool = True, path: Path | None = None):
+        trainers.append(build_trainer(path or tmp_path / "run", [*(fast_overrides if fast else []), *overrides]))
+        return trainers[-1]
+
+    yield make
+    for trainer in trainers:
+        trainer.close()
+
+
+@pytest.fixture
+def dead_pid() -> int:
+    """The pid of a process that has ended: what a killed writer or supervisor leaves behind."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid

@@ -31,9 +31,10 @@ def test_the_focus_task_evaluates_its_own_prompts_at_seeds_apart_from_training()
     assert all("above" in p for p in prompts.train)
     # Training noise streams are seeded from (seed * 1_000_003 + iteration * 7_919 + stream);
     # for training seeds 0-2 none of them is an evaluation seed.
-    from superflow_lite.trainer import iteration_seed
+    from superflow_lite.seeds import Stream, iteration_seed, phase_stream
 
-    streams = {iteration_seed(s, i, k) for s in range(3) for i in range(cfg.train.iterations) for k in (1, 2, 3, 4, 101, 102)}
+    kinds = [*Stream, phase_stream(Stream.INITIAL_NOISE, 1), phase_stream(Stream.SDE_NOISE, 1)]
+    streams = {iteration_seed(s, i, k) for s in range(3) for i in range(cfg.train.iterations) for k in kinds}
     assert not streams & set(cfg.prompts.eval_seeds) and len(cfg.prompts.eval_seeds) == 64
 
 

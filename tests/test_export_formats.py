@@ -14,12 +14,9 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-from superflow_lite.config import build_config
 from superflow_lite.embeddings import PromptEncoder
 from superflow_lite.evaluation import generate
 from superflow_lite.export import COMFYUI_PREFIX, lora_layers
-from superflow_lite.rundir import RunDir
-from superflow_lite.trainer import Trainer
 
 RANK, ALPHA = 4, 16.0  # alpha != r: a loader that ignores alpha is off by 4x
 
@@ -27,12 +24,10 @@ RANK, ALPHA = 4, 16.0  # alpha != r: a loader that ignores alpha is off by 4x
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """A trainer with random (non-zero) LoRA weights, its eval samples at step 1 and its export."""
-    from tests.conftest import FAST_OVERRIDES
+    from tests.conftest import FAST_OVERRIDES, build_trainer
 
-    cfg = build_config("tiny", None, FAST_OVERRIDES + [f"model.lora_rank={RANK}", f"model.lora_alpha={ALPHA}"])
-    run = RunDir(tmp_path_factory.mktemp("export") / "run")
-    run.create()
-    trainer = Trainer(cfg, run)
+    trainer = build_trainer(tmp_path_factory.mktemp("export") / "run",
+                            FAST_OVERRIDES + [f"model.lora_rank={RANK}", f"model.lora_alpha={ALPHA}"])
     with torch.no_grad():
         for name, p in trainer.base_model.named_parameters():
             if "lora_" in name:

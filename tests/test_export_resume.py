@@ -9,24 +9,20 @@ import torch
 from diffusers import StableDiffusion3Pipeline
 from safetensors import safe_open
 
-from superflow_lite.config import build_config
 from superflow_lite.embeddings import PromptEncoder
 from superflow_lite.evaluation import generate
-from superflow_lite.rundir import RunDir, read_metrics, read_status
+from superflow_lite.rundir import read_metrics, read_status
 from superflow_lite.train import main
-from superflow_lite.trainer import Trainer
 from superflow_lite.world.model import WORLD_MODEL_DIR
 
 # Slow (whole processes, real runs or long measurements): left out of the quick loop, pytest -m "not slow".
 pytestmark = pytest.mark.slow
 
 
-def test_exported_lora_reloads_in_a_fresh_pipeline_with_its_scale(tmp_path, fast_overrides, tiny_pipe):
+def test_exported_lora_reloads_in_a_fresh_pipeline_with_its_scale(make_trainer, tiny_pipe):
     # alpha != r: without the adapter metadata diffusers would reload it at scale 1.0.
-    cfg = build_config("tiny", None, fast_overrides + ["model.lora_rank=4", "model.lora_alpha=16.0"])
-    run = RunDir(tmp_path / "run")
-    run.create()
-    trainer = Trainer(cfg, run)
+    trainer = make_trainer("model.lora_rank=4", "model.lora_alpha=16.0")
+    cfg, run = trainer.cfg, trainer.run
     with torch.no_grad():
         for name, p in trainer.base_model.named_parameters():
             if "lora_" in name:

@@ -131,15 +131,15 @@ def test_a_server_declaring_an_empty_or_nan_range_is_refused_at_launch(tmp_path,
 def test_a_non_finite_step_is_skipped_and_never_reaches_the_weights(tmp_path, fast_overrides, monkeypatch):
     from superflow_lite import trainer as trainer_mod
 
-    real = trainer_mod.Trainer.step_loss
+    real = trainer_mod.step_loss
     calls = {"n": 0}
 
-    def poisoned(self, *args, **kwargs):
-        loss, stats = real(self, *args, **kwargs)
+    def poisoned(*args, **kwargs):
+        loss, stats = real(*args, **kwargs)
         calls["n"] += 1
         return (loss * float("nan"), stats) if calls["n"] == 1 else (loss, stats)
 
-    monkeypatch.setattr(trainer_mod.Trainer, "step_loss", poisoned)
+    monkeypatch.setattr(trainer_mod, "step_loss", poisoned)
     run = tmp_path / "run"
     assert main(["--preset", "tiny", "--no-progress", "--output", str(run), *fast_overrides, "train.iterations=1",
                  "train.updates_per_iter=2"]) == 0
@@ -149,13 +149,14 @@ def test_a_non_finite_step_is_skipped_and_never_reaches_the_weights(tmp_path, fa
     assert "skipped an optimizer step with a non-finite loss or gradient" in (run / "train.log").read_text()
 
 
-def test_a_damaged_newest_checkpoint_falls_back_and_resume_overrides_persist(tmp_path, fast_overrides, capsys):
+def test_a_damaged_newest_checkpoint_falls_back_and_resume_overrides_persist(tmp_path, fast_overrides, capsys,
+                                                                             dead_pid):
     run = tmp_path / "run"
     assert main(["--preset", "tiny", "--no-progress", "--output", str(run), *fast_overrides, "train.iterations=2"]) == 0
     newest = list_checkpoints(run)[0]
     assert newest.name == "ckpt-000002.pt"
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # truncated
-    leftover = run / f".status.json.{dead_pid()}.tmp"  # what a killed writer leaves
+    leftover = run / f".status.json.{dead_pid}.tmp"  # what a killed writer leaves
     leftover.write_text("{")
     assert main(["--resume", str(run), "--no-progress", "train.iterations=3"]) == 0
     assert "damaged" in (run / "train.log").read_text() and "resumed from ckpt-000001.pt" in (run / "train.log").read_text()
@@ -177,12 +178,6 @@ def test_a_diverging_run_stops_with_exit_1_and_keeps_nothing_of_it(tmp_path, fas
     assert "train.lr=1e+30" in err and str(run / "train.log") in err
     assert read_status(run)["state"] == FAILED and run_state(run) == FAILED
     assert list_checkpoints(run) == [] and not (run / "lora").exists()  # the diverged weights are nowhere
-
-
-def dead_pid() -> int:
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    return proc.pid
 
 
 def start_cli(run: Path, fast_overrides: list[str], iterations: int = 50) -> subprocess.Popen:
@@ -234,7 +229,8 @@ def test_a_double_ctrl_c_says_what_the_last_checkpoint_keeps(tmp_path, fast_over
     assert read_status(run)["state"] == "done"
 
 
-def test_kill_9_during_the_final_export_leaves_a_run_that_resume_completes(tmp_path, fast_overrides, capsys):
+def test_kill_9_during_the_final_export_leaves_a_run_that_resume_completes(tmp_path, fast_overrides, capsys,
+                                                                           dead_pid):
     """What a kill during the final export leaves: every checkpoint written, the LoRA being
     built aside in .lora.<pid>.tmp (its process gone), lora/ missing or an older export."""
     run = tmp_path / "run"
@@ -246,7 +242,7 @@ def test_kill_9_during_the_final_export_leaves_a_run_that_resume_completes(tmp_p
             shutil.rmtree(run / "lora")
         else:  # an earlier (stopped) export still in place, older than the final weights
             (run / "lora" / "README.md").write_text("an older export")
-        half_built = run / f".lora.{dead_pid()}.tmp"
+        half_built = run / f".lora.{dead_pid}.tmp"
         (half_built / "peft").mkdir(parents=True)
         (half_built / "pytorch_lora_weights.safetensors").write_bytes(b"\0" * 100)
         status = read_status(run)

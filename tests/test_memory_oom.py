@@ -9,36 +9,30 @@ import torch
 import pytest
 
 from superflow_lite import trainer as trainer_module
-from superflow_lite.config import build_config
-from superflow_lite.rewards.async_scorer import AsyncRewardScorer
-from superflow_lite.rundir import RunDir
 
 # Slow (whole processes, real runs or long measurements): left out of the quick loop, pytest -m "not slow".
 pytestmark = pytest.mark.slow
 
 
-def test_oom_halves_micro_batches_and_the_iteration_completes(tmp_path, fast_overrides, monkeypatch, caplog):
-    cfg = build_config("tiny", None, fast_overrides + ["sampling.micro_batch=8", "train.micro_batch=4"])
-    run = RunDir(tmp_path / "run")
-    run.create()
-    trainer = trainer_module.Trainer(cfg, run)
+def test_oom_halves_micro_batches_and_the_iteration_completes(make_trainer, monkeypatch, caplog):
+    trainer = make_trainer("sampling.micro_batch=8", "train.micro_batch=4")
     assert (trainer.sample_micro_batch, trainer.train_micro_batch) == (8, 4)
 
-    real_sample, real_loss = trainer_module.sample_trajectories, trainer.step_loss
+    real_sample, real_loss = trainer_module.sample_trajectories, trainer_module.step_loss
 
     def sample(transformer, noise, *args, **kwargs):
         if noise.shape[0] > 2:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB (fake)")
         return real_sample(transformer, noise, *args, **kwargs)
 
-    def step_loss(batch, *args, **kwargs):
+    def step_loss(transformer, batch, *args, **kwargs):
         if batch["latents"].shape[0] > 1:
             raise torch.OutOfMemoryError("CUDA out of memory (fake)")
-        return real_loss(batch, *args, **kwargs)
+        return real_loss(transformer, batch, *args, **kwargs)
 
     monkeypatch.setattr(trainer_module, "sample_trajectories", sample)
-    monkeypatch.setattr(trainer, "step_loss", step_loss)
-    with caplog.at_level(logging.WARNING, logger="superflow_lite"), AsyncRewardScorer(trainer.reward) as trainer.scorer:
+    monkeypatch.setattr(trainer_module, "step_loss", step_loss)
+    with caplog.at_level(logging.WARNING, logger="superflow_lite"):
         row = trainer.train_iteration(0)
     assert (trainer.sample_micro_batch, trainer.train_micro_batch) == (2, 1)
     messages = [r.getMessage() for r in caplog.records]

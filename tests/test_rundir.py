@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 
 import pytest
@@ -15,12 +13,6 @@ from superflow_lite.checkpoint import load_latest_intact, save_checkpoint
 from superflow_lite.rundir import (FAILED, RUNNING, STOPPED, RunDir, atomic_dir, atomic_write, checkpoint_intact,
                                    clean_temp_files, has_trained, is_run_dir, latest_checkpoint_iteration,
                                    list_checkpoints, process_started, run_state)
-
-
-def dead_pid() -> int:
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    return proc.pid
 
 
 def test_a_failed_atomic_write_keeps_the_old_file_and_no_temp(tmp_path):
@@ -50,15 +42,14 @@ def test_atomic_dir_replaces_whole_or_not_at_all(tmp_path):
     assert (lora / "weights").read_text() == "v2" and sorted(p.name for p in tmp_path.iterdir()) == ["lora"]
 
 
-def test_clean_up_removes_dead_writers_temp_files_and_restores_a_lora_set_aside(tmp_path):
-    gone = dead_pid()
+def test_clean_up_removes_dead_writers_temp_files_and_restores_a_lora_set_aside(tmp_path, dead_pid):
     run = RunDir(tmp_path / "run")
     run.create()
-    (run.path / f".status.json.{gone}.tmp").write_text("{")
-    (run.checkpoints_dir / f".ckpt-000003.pt.{gone}.tmp").write_bytes(b"half")
+    (run.path / f".status.json.{dead_pid}.tmp").write_text("{")
+    (run.checkpoints_dir / f".ckpt-000003.pt.{dead_pid}.tmp").write_bytes(b"half")
     live = run.path / f".launch.json.{os.getppid()}.tmp"  # a live writer's file stays
     live.write_text("{}")
-    aside = run.path / f".lora.{gone}.old"  # killed between export's two renames
+    aside = run.path / f".lora.{dead_pid}.old"  # killed between export's two renames
     aside.mkdir()
     (aside / "pytorch_lora_weights.safetensors").write_bytes(b"w")
     removed = clean_temp_files(run.path)
@@ -92,14 +83,14 @@ def test_what_counts_as_a_run(tmp_path):
     assert has_trained(launched)
 
 
-def test_status_follows_liveness_not_the_last_word_written(tmp_path):
+def test_status_follows_liveness_not_the_last_word_written(tmp_path, dead_pid):
     run = RunDir(tmp_path / "run")
     run.create()
     run.write_status(state=RUNNING, iteration=3)
     assert run_state(run.path) == RUNNING  # this process, recorded with its start time
     status = json.loads(run.status_path.read_text())
     # The process died (killed, or it could not write "failed" on a full disk).
-    status["pid"] = dead_pid()
+    status["pid"] = dead_pid
     run.status_path.write_text(json.dumps(status))
     assert run_state(run.path) == FAILED
     # A live process whose start time differs is a reused pid: not ours.
@@ -114,10 +105,10 @@ def test_status_follows_liveness_not_the_last_word_written(tmp_path):
     assert run_state(run.path) == STOPPED
 
 
-def test_a_killed_intermediate_lora_export_leaves_nothing_behind(tmp_path):
+def test_a_killed_intermediate_lora_export_leaves_nothing_behind(tmp_path, dead_pid):
     run = RunDir(tmp_path / "run")
     run.create()
-    half = run.intermediate_lora_dir(20).with_name(f".000020.{dead_pid()}.tmp")  # atomic_dir's temp, writer gone
+    half = run.intermediate_lora_dir(20).with_name(f".000020.{dead_pid}.tmp")  # atomic_dir's temp, writer gone
     half.mkdir(parents=True)
     (half / "pytorch_lora_weights.safetensors").write_bytes(b"half")
     assert clean_temp_files(run.path) == [half] and not half.exists()

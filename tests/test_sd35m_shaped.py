@@ -13,9 +13,6 @@ import pytest
 
 from superflow_lite import models
 from superflow_lite import trainer as trainer_module
-from superflow_lite.config import build_config
-from superflow_lite.rewards.async_scorer import AsyncRewardScorer
-from superflow_lite.rundir import RunDir
 
 # Slow (whole processes, real runs or long measurements): left out of the quick loop, pytest -m "not slow".
 pytestmark = pytest.mark.slow
@@ -28,7 +25,7 @@ OVERRIDES = [  # 4 rollouts of 2 steps: a full iteration in seconds at width 153
 ]
 
 
-def test_training_iteration_on_an_sd35m_shaped_transformer(tmp_path, monkeypatch):
+def test_training_iteration_on_an_sd35m_shaped_transformer(make_trainer, monkeypatch):
     real_load = trainer_module.load_pipeline
 
     def load(cfg_model, device):
@@ -41,10 +38,8 @@ def test_training_iteration_on_an_sd35m_shaped_transformer(tmp_path, monkeypatch
         return pipe
 
     monkeypatch.setattr(trainer_module, "load_pipeline", load)
-    cfg = build_config("tiny", None, OVERRIDES)
-    run = RunDir(tmp_path / "run")
-    run.create()
-    trainer = trainer_module.Trainer(cfg, run)
+    trainer = make_trainer(*OVERRIDES, fast=False)
+    cfg = trainer.cfg
     tr = trainer.base_model
     blocks = tr.transformer_blocks
     assert (len(blocks), tr.config.num_attention_heads, tr.config.attention_head_dim, tr.inner_dim) == (3, 24, 64, 1536)
@@ -56,8 +51,7 @@ def test_training_iteration_on_an_sd35m_shaped_transformer(tmp_path, monkeypatch
     lora = {n: p.detach().clone() for n, p in tr.named_parameters() if p.requires_grad}
     assert not any(n.startswith("transformer_blocks.2.attn.add_q_proj.") for n in lora)  # dead: excluded
 
-    with AsyncRewardScorer(trainer.reward) as trainer.scorer:
-        row = trainer.train_iteration(0)
+    row = trainer.train_iteration(0)
 
     assert row["rollouts/iter"] == 4
     assert all(math.isfinite(row[k]) for k in ("reward/mean", "grpo/loss", "grpo/grad_norm"))

@@ -5,28 +5,20 @@ import numpy as np
 import pytest
 import torch
 
-from superflow_lite.config import build_config
-
-from superflow_lite.rewards.async_scorer import AsyncRewardScorer
+from conftest import trainer_step_loss
 from superflow_lite.rollout import make_schedule
-from superflow_lite.rundir import RunDir
 from superflow_lite.trainer import Trainer, trained_steps_for
 
 
 @pytest.fixture
-def trainer(tmp_path, fast_overrides):
-    cfg = build_config("tiny", None, fast_overrides + ["train.kl_beta=0.04"])
-    run = RunDir(tmp_path / "run")
-    run.create()
-    return Trainer(cfg, run)
+def trainer(make_trainer):
+    return make_trainer("train.kl_beta=0.04")
 
 
 def collect_once(trainer: Trainer):
     schedule = make_schedule(trainer.pipe.scheduler, trainer.cfg.sampling.num_steps, trainer.cfg.sampling.noise_level)
     plan = trainer.sampler.plan()
-    with AsyncRewardScorer(trainer.reward) as trainer.scorer:
-        rollouts = trainer.collect(plan, schedule, iteration=0)
-    return plan, schedule, rollouts
+    return plan, schedule, trainer.collect(plan, schedule, iteration=0)
 
 
 def training_batch(trainer: Trainer, plan, rollouts, adv: torch.Tensor) -> dict:
@@ -46,7 +38,7 @@ def test_first_update_has_ratio_one_and_zero_kl(trainer):
     adv = torch.randn(len(rollouts.rows), len(steps))
     batch = training_batch(trainer, plan, rollouts, adv)
     for pos, step in enumerate(steps):
-        loss, stats = trainer.step_loss(batch, schedule, step, pos)
+        loss, stats = trainer_step_loss(trainer, batch, schedule, step, pos)
         assert stats["ratio"].item() == pytest.approx(1.0, abs=1e-5)
         assert stats["clipped"].item() == 0.0
         assert stats["kl"].item() == 0.0  # LoRA B starts at zero: the policy IS the reference
@@ -56,7 +48,7 @@ def test_gradients_reach_only_lora_and_reference_is_the_base_model(trainer, tiny
     plan, schedule, rollouts = collect_once(trainer)
     steps = trained_steps_for(trainer.cfg, 0)
     batch = training_batch(trainer, plan, rollouts, torch.ones(len(rollouts.rows), len(steps)))
-    loss, _ = trainer.step_loss(batch, schedule, steps[0], 0)
+    loss, _ = trainer_step_loss(trainer, batch, schedule, steps[0], 0)
     loss.backward()
     named = dict(trainer.base_model.named_parameters())
     with_grad = [n for n, p in named.items() if p.grad is not None]
@@ -82,8 +74,7 @@ def test_gradients_reach_only_lora_and_reference_is_the_base_model(trainer, tiny
 
 def test_one_iteration_changes_lora_and_logs_metrics(trainer):
     before = {n: p.detach().clone() for n, p in trainer.base_model.named_parameters() if p.requires_grad}
-    with AsyncRewardScorer(trainer.reward) as trainer.scorer:
-        row = trainer.train_iteration(0)
+    row = trainer.train_iteration(0)
     after = dict(trainer.base_model.named_parameters())
     changed = [n for n in before if not torch.equal(before[n], after[n])]
     # Gaussian init zeroes lora_B, so lora_A gets no gradient at the first step (see STACK notes).

@@ -5,21 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from superflow_lite.config import build_config
-from superflow_lite.rewards.async_scorer import AsyncRewardScorer
 from superflow_lite.rollout import decode_images, make_schedule, predict_velocity
-from superflow_lite.rundir import RunDir
 from superflow_lite.trainer import Trainer
 
 # 2 prompts x 2 probes = one sampling micro-batch of 4; the cap of 8 leaves one more for phase 2.
 PROBE = ["superflow.allocation=probe", "superflow.probe_size=2", "sampling.micro_batch=4", "train.kl_beta=0"]
-
-
-def make_trainer(tmp_path, fast_overrides, *extra: str) -> Trainer:
-    cfg = build_config("tiny", None, fast_overrides + list(extra))
-    run = RunDir(tmp_path / "run")
-    run.create()
-    return Trainer(cfg, run)
 
 
 def rescore(trainer: Trainer, latents: torch.Tensor, prompts: list[str]) -> np.ndarray:
@@ -27,8 +17,8 @@ def rescore(trainer: Trainer, latents: torch.Tensor, prompts: list[str]) -> np.n
     return trainer.reward.to_unit(trainer.reward(images, prompts, [{} for _ in prompts]).scores)
 
 
-def test_probe_iteration_trains_on_both_phases_in_whole_micro_batches(tmp_path, fast_overrides, monkeypatch):
-    trainer = make_trainer(tmp_path, fast_overrides, *PROBE)
+def test_probe_iteration_trains_on_both_phases_in_whole_micro_batches(make_trainer, monkeypatch):
+    trainer = make_trainer(*PROBE)
     phases = []
     real = trainer._collect_phase
     monkeypatch.setattr(trainer, "_collect_phase", lambda *a, **k: phases.append(real(*a, **k)) or phases[-1])
@@ -36,8 +26,7 @@ def test_probe_iteration_trains_on_both_phases_in_whole_micro_batches(tmp_path, 
     real_update = trainer.update
     monkeypatch.setattr(trainer, "update", lambda r, *a: seen.setdefault("rollouts", r) and real_update(r, *a))
     before = {n: p.detach().clone() for n, p in trainer.base_model.named_parameters() if p.requires_grad}
-    with AsyncRewardScorer(trainer.reward) as trainer.scorer:
-        row = trainer.train_iteration(0)
+    row = trainer.train_iteration(0)
     probes, extra = phases[0], phases[1]
     rollouts, plan = seen["rollouts"], seen["rollouts"].plan
     assert len(probes.rows) == 4 and len(extra.rows) == 4  # each phase one full micro-batch
@@ -62,13 +51,12 @@ def test_probe_iteration_trains_on_both_phases_in_whole_micro_batches(tmp_path, 
     assert any(not torch.equal(before[n], after[n]) for n in before)
 
 
-def test_x0_values_are_the_rewards_of_the_one_step_predictions(tmp_path, fast_overrides):
-    trainer = make_trainer(tmp_path, fast_overrides, "superflow.step_credit=x0_value", "train.kl_beta=0")
+def test_x0_values_are_the_rewards_of_the_one_step_predictions(make_trainer):
+    trainer = make_trainer("superflow.step_credit=x0_value", "train.kl_beta=0")
     T = trainer.cfg.sampling.num_steps
     schedule = make_schedule(trainer.pipe.scheduler, T, trainer.cfg.sampling.noise_level)
     plan = trainer.sampler.plan()
-    with AsyncRewardScorer(trainer.reward) as trainer.scorer:
-        rollouts = trainer.collect(plan, schedule, iteration=0)
+    rollouts = trainer.collect(plan, schedule, iteration=0)
     assert rollouts.x0_values.shape == (plan.total_rollouts, T)  # trained steps 0..T-2 need V(0..T-1)
     # Independently: x0_hat_t = x_t - s_t v_t with the sampler's CFG velocity, decoded and scored.
     embeds = trainer.encoder.encode(plan.prompts).index(rollouts.group.tolist())
@@ -84,11 +72,9 @@ def test_x0_values_are_the_rewards_of_the_one_step_predictions(tmp_path, fast_ov
     assert np.ptp(rollouts.x0_values, axis=1).max() > 0  # the predicted value does move along the flow
 
 
-def test_credit_iteration_logs_its_cost_and_trains(tmp_path, fast_overrides):
-    trainer = make_trainer(tmp_path, fast_overrides, "superflow.step_credit=x0_value", "superflow.credit_every=2",
-                           "train.kl_beta=0")
-    with AsyncRewardScorer(trainer.reward) as trainer.scorer:
-        row = trainer.train_iteration(0)
+def test_credit_iteration_logs_its_cost_and_trains(make_trainer):
+    trainer = make_trainer("superflow.step_credit=x0_value", "superflow.credit_every=2", "train.kl_beta=0")
+    row = trainer.train_iteration(0)
     assert row["credit/points"] == 2  # T = 4, every 2nd step: V(0), V(2), then the final reward
     assert row["perf/credit_s"] > 0 and np.isfinite(row["grpo/loss"])
     assert row["credit/step0/delta_mean"] == pytest.approx(row["credit/step1/delta_mean"])  # one shared interval

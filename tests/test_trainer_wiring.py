@@ -11,23 +11,17 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import trainer_step_loss
 from superflow_lite import advantages as adv_math
+from superflow_lite import policy as policy_module
+from superflow_lite import trainer as trainer_module
 from superflow_lite.algorithms import resolve_algorithm
 from superflow_lite.config import build_config
-from superflow_lite.rewards.async_scorer import AsyncRewardScorer
 from superflow_lite.rollout import make_schedule, predict_velocity
-from superflow_lite.rundir import RunDir
 from superflow_lite.sde import sde_step, sde_step_mean_std
 from superflow_lite.trainer import Trainer, trained_steps_for
 
 TWO_PROMPTS = ["a photo of two red circles", "a photo of a blue square to the left of a green triangle"]
-
-
-def make_trainer(tmp_path, fast_overrides, *extra: str) -> Trainer:
-    cfg = build_config("tiny", None, fast_overrides + list(extra))
-    run = RunDir(tmp_path / "run")
-    run.create()
-    return Trainer(cfg, run)
 
 
 def perturb_lora(trainer: Trainer, std: float = 0.05, seed: int = 1) -> None:
@@ -42,9 +36,7 @@ def collect(trainer: Trainer, iteration: int = 0, sde_steps=None):
     cfg = trainer.cfg
     schedule = make_schedule(trainer.pipe.scheduler, cfg.sampling.num_steps, cfg.sampling.noise_level, sde_steps)
     plan = trainer.sampler.plan()
-    with AsyncRewardScorer(trainer.reward) as trainer.scorer:
-        rollouts = trainer.collect(plan, schedule, iteration=iteration)
-    return plan, schedule, rollouts
+    return plan, schedule, trainer.collect(plan, schedule, iteration=iteration)
 
 
 def batch_of(trainer: Trainer, plan, rollouts, adv: torch.Tensor) -> dict:
@@ -59,9 +51,9 @@ def lora_grads(trainer: Trainer) -> dict[str, torch.Tensor]:
             if "lora_" in n and p.grad is not None}
 
 
-def test_kl_term_matches_an_independent_reference_with_the_adapter_really_off(tmp_path, fast_overrides, tiny_pipe):
+def test_kl_term_matches_an_independent_reference_with_the_adapter_really_off(make_trainer, tiny_pipe):
     beta = 0.5
-    trainer = make_trainer(tmp_path, fast_overrides, f"train.kl_beta={beta}")
+    trainer = make_trainer(f"train.kl_beta={beta}")
     plan, schedule, rollouts = collect(trainer)
     perturb_lora(trainer)
     steps = trained_steps_for(trainer.cfg, 0)
@@ -69,7 +61,7 @@ def test_kl_term_matches_an_independent_reference_with_the_adapter_really_off(tm
     batch = batch_of(trainer, plan, rollouts, adv)
     g = trainer.cfg.sampling.guidance_scale
     for pos, step in enumerate(steps):
-        loss, stats = trainer.step_loss(batch, schedule, step, pos)
+        loss, stats = trainer_step_loss(trainer, batch, schedule, step, pos)
         x = batch["latents"][:, step]
         t = schedule.timesteps[step]
         # The reference is a separately loaded base model: no adapters exist in it at all.
@@ -114,10 +106,10 @@ def test_sde_noise_scale_measured_empirically():
         assert torch.allclose(mu_ref, x + v * (s_next - s), atol=1e-6)
 
 
-def test_tracker_baseline_sees_the_values_before_this_iterations_update(tmp_path, fast_overrides, monkeypatch):
+def test_tracker_baseline_sees_the_values_before_this_iterations_update(tmp_path, make_trainer, monkeypatch):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(TWO_PROMPTS) + "\n")
-    trainer = make_trainer(tmp_path, fast_overrides, f"prompts.source={prompts}", "superflow.baseline=tracker",
+    trainer = make_trainer(f"prompts.source={prompts}", "superflow.baseline=tracker",
                            "train.kl_beta=0")
     seen = []
     real = adv_math.compute_advantages
@@ -127,13 +119,12 @@ def test_tracker_baseline_sees_the_values_before_this_iterations_update(tmp_path
         return real(*args, **kwargs)
 
     monkeypatch.setattr(adv_math, "compute_advantages", spy)
-    with AsyncRewardScorer(trainer.reward) as trainer.scorer:
-        trainer.train_iteration(0)
-        before = {p: trainer.sampler.trackers.value(p) for p in TWO_PROMPTS}  # after iteration 0's update
-        plan_of = trainer.sampler.plan
-        plans = []
-        monkeypatch.setattr(trainer.sampler, "plan", lambda: plans.append(plan_of()) or plans[-1])
-        trainer.train_iteration(1)
+    trainer.train_iteration(0)
+    before = {p: trainer.sampler.trackers.value(p) for p in TWO_PROMPTS}  # after iteration 0's update
+    plan_of = trainer.sampler.plan
+    plans = []
+    monkeypatch.setattr(trainer.sampler, "plan", lambda: plans.append(plan_of()) or plans[-1])
+    trainer.train_iteration(1)
     after = {p: trainer.sampler.trackers.value(p) for p in TWO_PROMPTS}
     values, first = seen[1]
     expected = [before[p] for p in plans[0].prompts]
@@ -142,8 +133,8 @@ def test_tracker_baseline_sees_the_values_before_this_iterations_update(tmp_path
     assert any(abs(after[p] - before[p]) > 1e-6 for p in TWO_PROMPTS)  # the update did move them
 
 
-def test_sde_window_reads_its_own_advantage_column_and_trains_only_the_window(tmp_path, fast_overrides, monkeypatch):
-    trainer = make_trainer(tmp_path, fast_overrides, "sampling.num_steps=6", "train.sde_window=2", "train.kl_beta=0")
+def test_sde_window_reads_its_own_advantage_column_and_trains_only_the_window(make_trainer, monkeypatch):
+    trainer = make_trainer("sampling.num_steps=6", "train.sde_window=2", "train.kl_beta=0")
     steps = trained_steps_for(trainer.cfg, 5)
     assert len(steps) == 2 and steps[-1] < 5  # the last step is never in a window
     iteration = next(i for i in range(50) if trained_steps_for(trainer.cfg, i)[0] > 0)
@@ -155,15 +146,15 @@ def test_sde_window_reads_its_own_advantage_column_and_trains_only_the_window(tm
     adv = torch.tensor([[1.0, 3.0]]).repeat(n, 1)  # column 0 -> -1, column 1 -> -3 at ratio 1
     batch = batch_of(trainer, plan, rollouts, adv)
     for pos, step in enumerate(steps):
-        loss, stats = trainer.step_loss(batch, schedule, step, pos)
+        loss, stats = trainer_step_loss(trainer, batch, schedule, step, pos)
         assert stats["ratio"].item() == pytest.approx(1.0, abs=1e-5)
         assert loss.item() == pytest.approx(-adv[0, pos].item(), rel=1e-4)
     # The update trains exactly the window's steps, each with its own column.
     calls = []
-    real = trainer.step_loss
-    monkeypatch.setattr(trainer, "step_loss", lambda b, s, step, pos: calls.append((step, pos)) or real(b, s, step, pos))
-    with AsyncRewardScorer(trainer.reward) as trainer.scorer:
-        trainer.train_iteration(iteration)
+    real = trainer_module.step_loss
+    monkeypatch.setattr(trainer_module, "step_loss", lambda tr, b, s, step, pos, *a: calls.append((step, pos)) or
+                        real(tr, b, s, step, pos, *a))
+    trainer.train_iteration(iteration)
     assert sorted(set(calls)) == [(step, pos) for pos, step in enumerate(steps)]
 
 
@@ -179,22 +170,22 @@ def test_sde_window_span_keeps_the_window_among_the_first_steps(fast_overrides):
     assert starts() == set(range(8))  # anywhere but the last step
 
 
-def test_default_trains_every_step_but_the_last(tmp_path, fast_overrides, monkeypatch):
-    trainer = make_trainer(tmp_path, fast_overrides, "train.kl_beta=0")
+def test_default_trains_every_step_but_the_last(make_trainer, monkeypatch):
+    trainer = make_trainer("train.kl_beta=0")
     T = trainer.cfg.sampling.num_steps
     calls = []
-    real = trainer.step_loss
-    monkeypatch.setattr(trainer, "step_loss", lambda b, s, step, pos: calls.append(step) or real(b, s, step, pos))
-    with AsyncRewardScorer(trainer.reward) as trainer.scorer:
-        trainer.train_iteration(0)
+    real = trainer_module.step_loss
+    monkeypatch.setattr(trainer_module, "step_loss", lambda tr, b, s, step, *a: calls.append(step) or
+                        real(tr, b, s, step, *a))
+    trainer.train_iteration(0)
     assert sorted(set(calls)) == list(range(T - 1))
     trainer.cfg.train.train_steps = T
     assert trained_steps_for(trainer.cfg, 0) == list(range(T))
 
 
 @pytest.mark.parametrize("micro_batch", [1, 2])
-def test_micro_batches_accumulate_the_whole_batch_gradient(tmp_path, fast_overrides, micro_batch):
-    trainer = make_trainer(tmp_path, fast_overrides, "train.kl_beta=0.1")
+def test_micro_batches_accumulate_the_whole_batch_gradient(make_trainer, micro_batch):
+    trainer = make_trainer("train.kl_beta=0.1")
     plan, schedule, rollouts = collect(trainer)
     perturb_lora(trainer)
     steps = trained_steps_for(trainer.cfg, 0)
@@ -203,9 +194,9 @@ def test_micro_batches_accumulate_the_whole_batch_gradient(tmp_path, fast_overri
     embeds = trainer.encoder.encode(plan.prompts)
     uncond = trainer.encoder.negative()
     minibatch = torch.arange(n - 1) if n % 2 == 0 else torch.arange(n)  # an odd count: unequal micro-batches
-    trainer._accumulate(minibatch, len(minibatch), rollouts, adv, embeds, uncond, schedule, steps)
+    trainer.accumulate_gradients(minibatch, len(minibatch), rollouts, adv, embeds, uncond, schedule, steps)
     whole = lora_grads(trainer)
-    trainer._accumulate(minibatch, micro_batch, rollouts, adv, embeds, uncond, schedule, steps)
+    trainer.accumulate_gradients(minibatch, micro_batch, rollouts, adv, embeds, uncond, schedule, steps)
     split = lora_grads(trainer)
     assert whole.keys() == split.keys() and whole
     for name in whole:
@@ -214,14 +205,15 @@ def test_micro_batches_accumulate_the_whole_batch_gradient(tmp_path, fast_overri
     trainer.optimizer.zero_grad(set_to_none=True)
     batch = batch_of(trainer, plan, rollouts, adv)
     batch = {k: (v[minibatch] if torch.is_tensor(v) else v.index(minibatch.tolist())) for k, v in batch.items()}
-    total = sum(trainer.step_loss(batch, schedule, step, pos)[0] for pos, step in enumerate(steps)) / len(steps)
+    losses = [trainer_step_loss(trainer, batch, schedule, step, pos)[0] for pos, step in enumerate(steps)]
+    total = sum(losses) / len(steps)
     total.backward()
     for name, grad in lora_grads(trainer).items():
         assert torch.allclose(grad, whole[name], rtol=1e-4, atol=1e-7), name
 
 
-def test_detached_unconditional_branch_leaves_only_the_conditional_gradient(tmp_path, fast_overrides):
-    trainer = make_trainer(tmp_path, fast_overrides)
+def test_detached_unconditional_branch_leaves_only_the_conditional_gradient(make_trainer):
+    trainer = make_trainer()
     plan, schedule, rollouts = collect(trainer)
     perturb_lora(trainer)
     batch = batch_of(trainer, plan, rollouts, torch.zeros(len(rollouts.rows), 1))
@@ -245,44 +237,41 @@ def test_detached_unconditional_branch_leaves_only_the_conditional_gradient(tmp_
     assert any(not torch.allclose(g_full[n], g_det[n], rtol=1e-3) for n in g_cond)
 
 
-def test_flow_grpo_is_flow_grpo_whatever_the_superflow_switches_say(tmp_path, fast_overrides, monkeypatch):
-    cfg = build_config("tiny", None, fast_overrides + ["algorithm=flow_grpo", "superflow.baseline=tracker",
-                                                       "superflow.step_weights=sigma", "superflow.dynamic_groups=true"])
+def test_flow_grpo_is_flow_grpo_whatever_the_superflow_switches_say(make_trainer, monkeypatch):
+    trainer = make_trainer("algorithm=flow_grpo", "superflow.baseline=tracker", "superflow.step_weights=sigma",
+                           "superflow.dynamic_groups=true")
+    cfg = trainer.cfg
     spec = resolve_algorithm(cfg)
     assert (spec.prompt_choice, spec.dynamic_groups, spec.baseline, spec.step_weights) == \
         ("uniform", False, "group_mean", "none")
     assert (spec.adv_std, spec.adv_eps, spec.detach_uncond) == ("global", 1e-4, True)
-    run = RunDir(tmp_path / "run")
-    run.create()
-    trainer = Trainer(cfg, run)
     seen = {}
     real = adv_math.compute_advantages
     monkeypatch.setattr(adv_math, "compute_advantages", lambda *a, **k: seen.update(k) or real(*a, **k))
-    with AsyncRewardScorer(trainer.reward) as trainer.scorer:
-        trainer.train_iteration(0)
+    trainer.train_iteration(0)
     assert (seen["baseline"], seen["weight_kind"], seen["adv_std"], seen["eps"]) == ("group_mean", "none", "global", 1e-4)
     sizes = trainer.sampler.plan().group_sizes
     assert sizes == [cfg.batch.group_size] * len(sizes)
 
 
 @pytest.mark.parametrize("detach", [True, False])
-def test_the_update_uses_the_configured_cfg_detach(tmp_path, fast_overrides, monkeypatch, detach):
-    import superflow_lite.trainer as trainer_module
-
-    trainer = make_trainer(tmp_path, fast_overrides, "train.kl_beta=0", f"train.detach_uncond={str(detach).lower()}")
+def test_the_update_uses_the_configured_cfg_detach(make_trainer, monkeypatch, detach):
+    trainer = make_trainer("train.kl_beta=0", f"train.detach_uncond={str(detach).lower()}")
     plan, schedule, rollouts = collect(trainer)
     seen = []
-    real = trainer_module.predict_velocity
-    monkeypatch.setattr(trainer_module, "predict_velocity",
+    real = policy_module.predict_velocity
+    monkeypatch.setattr(policy_module, "predict_velocity",
                         lambda *a, **k: seen.append(k.get("detach_uncond", False)) or real(*a, **k))
-    trainer.step_loss(batch_of(trainer, plan, rollouts, torch.zeros(len(rollouts.rows), 1)), schedule, 0, 0)
-    assert seen == [detach]
+    n, steps = len(rollouts.rows), trained_steps_for(trainer.cfg, 0)
+    trainer.accumulate_gradients(torch.arange(n), n, rollouts, torch.zeros(n, len(steps)),
+                                 trainer.encoder.encode(plan.prompts), trainer.encoder.negative(), schedule, steps)
+    assert seen == [detach] * len(steps)  # one policy pass per trained step, no reference pass at beta 0
 
 
-def test_eval_split_val_scores_the_validation_prompts(tmp_path, fast_overrides):
+def test_eval_split_val_scores_the_validation_prompts(make_trainer):
     from superflow_lite.world.prompts import val_prompts
 
-    trainer = make_trainer(tmp_path, fast_overrides, "prompts.eval_split=val", "prompts.num_eval_prompts=3",
+    trainer = make_trainer("prompts.eval_split=val", "prompts.num_eval_prompts=3",
                            "sampling.eval_num_steps=2")
     trainer.evaluate(0)
     import json
@@ -291,8 +280,8 @@ def test_eval_split_val_scores_the_validation_prompts(tmp_path, fast_overrides):
     assert {row["prompt"] for row in index} <= set(val_prompts()) and len(index) == 3
 
 
-def test_shared_group_noise_starts_a_group_from_one_noise_and_its_probe_phase_too(tmp_path, fast_overrides):
-    trainer = make_trainer(tmp_path, fast_overrides, "sampling.group_noise=shared", "superflow.allocation=probe",
+def test_shared_group_noise_starts_a_group_from_one_noise_and_its_probe_phase_too(make_trainer):
+    trainer = make_trainer("sampling.group_noise=shared", "superflow.allocation=probe",
                            "superflow.probe_size=2", "sampling.micro_batch=4", "train.kl_beta=0")
     plan, _, rollouts = collect(trainer)
     start, group = rollouts.latents[:, 0], rollouts.group
@@ -306,11 +295,11 @@ def test_shared_group_noise_starts_a_group_from_one_noise_and_its_probe_phase_to
     assert not torch.equal(finals[0], finals[1])
 
 
-def test_a_rollouts_sde_noise_does_not_depend_on_the_micro_batch_that_samples_it(tmp_path, fast_overrides):
+def test_a_rollouts_sde_noise_does_not_depend_on_the_micro_batch_that_samples_it(tmp_path, make_trainer):
     """Per-row noise streams: 1 or N processes, and any micro-batch (an OOM halving), sample the same rollouts."""
     latents = []
     for micro_batch in (8, 4):
-        trainer = make_trainer(tmp_path / str(micro_batch), fast_overrides, f"sampling.micro_batch={micro_batch}")
+        trainer = make_trainer(f"sampling.micro_batch={micro_batch}", path=tmp_path / str(micro_batch))
         _, _, rollouts = collect(trainer)
         latents.append(rollouts.latents)
     assert latents[0].shape[0] == 8

@@ -20,12 +20,6 @@ from superflow_lite.ui.runs import (display_state, failure_report, group_size_hi
                                     next_preset_down, progress_markdown, sample_gallery, sample_pairs)
 
 
-def dead_pid() -> int:
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    return proc.pid
-
-
 def make_run(root: Path, name: str, status: dict | None = None, launch: dict | None = None,
              exit_info: dict | None = None, preset: str = "tiny") -> Path:
     path = root / name
@@ -40,9 +34,8 @@ def make_run(root: Path, name: str, status: dict | None = None, launch: dict | N
     return path
 
 
-def test_crashed_run_shows_failed_never_running(tmp_path):
-    gone = dead_pid()
-    crashed = make_run(tmp_path, "crashed", {"state": "running", "pid": gone, "iteration": 3, "iterations": 10})
+def test_crashed_run_shows_failed_never_running(tmp_path, dead_pid):
+    crashed = make_run(tmp_path, "crashed", {"state": "running", "pid": dead_pid, "iteration": 3, "iterations": 10})
     assert display_state(crashed) == "failed"
     # A live pid that is not a superflow_lite process (pid reuse) does not keep it running.
     other = subprocess.Popen(["sleep", "30"])
@@ -52,43 +45,44 @@ def test_crashed_run_shows_failed_never_running(tmp_path):
     finally:
         other.kill()
         other.wait()
-    stale = make_run(tmp_path, "stale", {"state": "running", "pid": gone, "heartbeat": time.time() - 3600})
+    stale = make_run(tmp_path, "stale", {"state": "running", "pid": dead_pid, "heartbeat": time.time() - 3600})
     assert display_state(stale) == "failed"
     # Launched from the app, the supervisor gone without writing exit.json: failed too.
-    lost = make_run(tmp_path, "lost", None, {"supervisor_pid": gone, "trainer_pid": None, "started": 1.0})
+    lost = make_run(tmp_path, "lost", None, {"supervisor_pid": dead_pid, "trainer_pid": None, "started": 1.0})
     assert display_state(lost) == "failed"
     report = failure_report(crashed)
     assert "died without reporting" in report["suggestion"]
 
 
-def test_exit_codes_and_stop_requests(tmp_path):
-    gone = dead_pid()
-    done = make_run(tmp_path, "done", {"state": "done", "pid": 7}, {"supervisor_pid": gone, "trainer_pid": 7},
+def test_exit_codes_and_stop_requests(tmp_path, dead_pid):
+    done = make_run(tmp_path, "done", {"state": "done", "pid": 7}, {"supervisor_pid": dead_pid, "trainer_pid": 7},
                     {"returncode": 0, "trainer_pid": 7})
     assert display_state(done) == "done"
     # Stopped during model loading: the trainer died of the SIGTERM before writing a state.
     early = make_run(tmp_path, "early", {"state": "starting", "pid": 8},
-                     {"supervisor_pid": gone, "trainer_pid": 8, "stop_requested_at": 5.0},
+                     {"supervisor_pid": dead_pid, "trainer_pid": 8, "stop_requested_at": 5.0},
                      {"returncode": -15, "trainer_pid": 8})
     assert display_state(early) == "stopped"
-    bad = make_run(tmp_path, "bad", None, {"supervisor_pid": gone, "trainer_pid": 9}, {"returncode": 2, "trainer_pid": 9})
+    bad = make_run(tmp_path, "bad", None, {"supervisor_pid": dead_pid, "trainer_pid": 9},
+                   {"returncode": 2, "trainer_pid": 9})
     (bad / "console.log").write_text("error: train.lr must be > 0, got 0.0\n")
     assert display_state(bad) == "failed"
     report = failure_report(bad)
     assert report["exit_code"] == "2" and report["error"].startswith("error: train.lr")
 
 
-def test_out_of_memory_suggests_next_preset_down(tmp_path, monkeypatch):
+def test_out_of_memory_suggests_next_preset_down(tmp_path, monkeypatch, dead_pid):
     monkeypatch.setattr(runs_mod, "_numbered_presets", lambda: [(12, "12gb"), (16, "16gb"), (24, "24gb"), (48, "48gb")])
     assert next_preset_down("24gb") == "16gb" and next_preset_down("12gb") is None and next_preset_down("tiny") is None
     oom = make_run(tmp_path, "oom", {"state": "failed", "pid": 5, "error": "OutOfMemoryError: CUDA out of memory. "
-                                     "Tried to allocate 2.00 GiB"}, {"supervisor_pid": dead_pid(), "trainer_pid": 5},
+                                     "Tried to allocate 2.00 GiB"}, {"supervisor_pid": dead_pid, "trainer_pid": 5},
                    {"returncode": 1, "trainer_pid": 5}, preset="24gb")
     (oom / "console.log").write_text("iteration 1/20\ntorch.OutOfMemoryError: CUDA out of memory.\n")
     report = failure_report(oom)
     assert report["exit_code"] == "1"
     assert "--preset 16gb" in report["suggestion"] and "out of memory" in report["suggestion"]
-    killed = make_run(tmp_path, "killed", {"state": "running", "pid": 6}, {"supervisor_pid": dead_pid(), "trainer_pid": 6},
+    killed = make_run(tmp_path, "killed", {"state": "running", "pid": 6},
+                      {"supervisor_pid": dead_pid, "trainer_pid": 6},
                       {"returncode": -9, "trainer_pid": 6}, preset="12gb")
     report = failure_report(killed)
     assert report["exit_code"] == "-9 (killed by SIGKILL)" and "micro_batch" in report["suggestion"]
@@ -220,13 +214,13 @@ def test_names_stay_inside_the_runs_folder_and_nothing_reaches_a_shell(tmp_path,
         manager.preview("tiny", [], "argv-check")
 
 
-def test_a_failed_run_without_a_checkpoint_is_not_offered_resume(tmp_path):
+def test_a_failed_run_without_a_checkpoint_is_not_offered_resume(tmp_path, dead_pid):
     """A run that failed before its first checkpoint (a reward that could not load after
     start-up, say) has nothing to resume: the app says launch it again, and refuses Resume."""
     from superflow_lite.ui.views import Views
 
     failed = make_run(tmp_path, "failed-early", {"state": "failed", "pid": 5, "error": "RuntimeError: boom"},
-                      {"supervisor_pid": dead_pid(), "trainer_pid": 5}, {"returncode": 1, "trainer_pid": 5})
+                      {"supervisor_pid": dead_pid, "trainer_pid": 5}, {"returncode": 1, "trainer_pid": 5})
     report = failure_report(failed)
     assert "Resume" not in report["suggestion"] and "launch it again" in report["suggestion"]
     views = Views(RunManager(tmp_path))
