@@ -13,6 +13,8 @@ presets' alpha = 2r).
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 import shutil
 from pathlib import Path
@@ -52,6 +54,7 @@ def write_lora_formats(state: dict[str, torch.Tensor], lora_config: LoraConfig, 
     a user's loader) never sees a half-written LoRA. `images` ({name in the folder: source})
     are the model card's samples. Returns the diffusers file."""
     state = {k: v.detach().float().cpu().contiguous() for k, v in state.items()}
+    lora_config = with_sorted_sets(lora_config)
     with atomic_dir(out_dir) as tmp:
         StableDiffusion3Pipeline.save_lora_weights(
             save_directory=str(tmp),
@@ -70,6 +73,18 @@ def write_lora_formats(state: dict[str, torch.Tensor], lora_config: LoraConfig, 
             shutil.copyfile(source, tmp / target)
         (tmp / LORA_CARD).write_text(card)
     return out_dir / DIFFUSERS_FILE
+
+
+def with_sorted_sets(lora_config: LoraConfig) -> LoraConfig:
+    """A copy whose set-valued fields (target_modules, exclude_modules) are sorted lists: PEFT
+    keeps them as sets, whose order follows Python's per-process string hashing, so the same
+    LoRA would otherwise be written as different bytes by every process."""
+    ordered = copy.copy(lora_config)
+    for f in dataclasses.fields(ordered):
+        value = getattr(ordered, f.name)
+        if isinstance(value, (set, frozenset)):
+            setattr(ordered, f.name, sorted(value))
+    return ordered
 
 
 def peft_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
