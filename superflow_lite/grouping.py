@@ -440,8 +440,9 @@ class GroupSampler:
         else:
             sizes = fit_to_cap(np.full(b, self.group_size), w, self.rollout_cap, self.group_size, self.group_size)
         if not sizes.any():
+            # __init__ refused a smallest group below spec.min_group, so this is the floor.
             raise ValueError(f"rollout_cap={self.rollout_cap} is below the smallest allowed group "
-                             f"({max(spec.smallest_group(self.group_size, self.m_min), spec.min_group)})")
+                             f"({spec.smallest_group(self.group_size, self.m_min)})")
         keep = [int(i) for i, s in zip(chosen, sizes) if s > 0]
         prompts = [self.pool[i] for i in keep]
         return GroupPlan(

@@ -167,12 +167,12 @@ class Trainer:
         self.ema = LoraEMA(params, cfg.train.ema_decay) if cfg.train.ema else None
         self.reward = build_reward(cfg.reward.weights, cfg.reward.device, cfg.reward.options)
         self.prompt_set = load_prompts(cfg.prompts)
-        # The memory plan: R when batch.rollout_cap is 0, and micro-batches that fit the card.
+        # The memory plan decides R (batch.rollout_cap when set, else what fits the card) and the
+        # micro-batches that fit.
         self.memory_plan = plan_for_config(cfg)
         for problem in self.memory_plan.problems:
             log.warning("memory plan: %s", problem)
-        cap = cfg.batch.rollout_cap or self.memory_plan.rollout_cap
-        self.sampler = GroupSampler.from_config(cfg, self.prompt_set.train, rollout_cap=cap)
+        self.sampler = GroupSampler.from_config(cfg, self.prompt_set.train, rollout_cap=self.memory_plan.rollout_cap)
         self.encoder = PromptEncoder(self.pipe, self.device, cfg.sampling.max_sequence_length, cfg.memory.embed_cache_size)
         self.sample_micro_batch = self.memory_plan.sample_micro_batch
         self.train_micro_batch = self.memory_plan.train_micro_batch

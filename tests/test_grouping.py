@@ -282,3 +282,10 @@ def test_uniform_prompt_choice_comes_from_the_spec():
     picks = {name: sum("prompt 0" in s.plan().prompts for _ in range(200))
              for name, s in (("uniform", uniform), ("uncertainty", by_uncertainty))}
     assert picks["uniform"] > 40 > picks["uncertainty"]  # uniform: 6 of 20 drawn, ~60 of 200
+
+
+def test_a_cap_below_the_smallest_group_names_that_group():
+    with pytest.raises(ValueError, match=r"smallest allowed group \(4\)"):  # m_min 4, dynamic groups
+        make_sampler(rollout_cap=3).plan()
+    with pytest.raises(ValueError, match=r"smallest allowed group \(6\)"):  # fixed groups of 6
+        make_sampler("flow_grpo", group_size=6, rollout_cap=5).plan()

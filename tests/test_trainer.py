@@ -83,3 +83,10 @@ def test_one_iteration_changes_lora_and_logs_metrics(trainer):
     for key in ("reward/mean", "grpo/kl", "grpo/clipped", "grpo/ratio", "group/size_hist", "adv/step0/mean"):
         assert key in row
     assert np.isfinite(row["grpo/loss"])
+
+
+def test_the_samplers_cap_is_the_configs_or_else_the_memory_plans(make_trainer):
+    set_by_hand = make_trainer("batch.rollout_cap=6")
+    assert set_by_hand.sampler.rollout_cap == 6
+    planned = make_trainer("batch.rollout_cap=0", path=set_by_hand.run.path.parent / "planned")
+    assert planned.sampler.rollout_cap == planned.memory_plan.rollout_cap > 0
