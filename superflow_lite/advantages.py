@@ -2,7 +2,8 @@
 
 Pipeline (`compute_advantages`):
     A_i     = r_i - b_i                      b: tracker value v_c (section 4) or group mean (Flow-GRPO)
-    A_i     = A_i / (std(r) + eps)           std of the batch's raw rewards (Flow-GRPO; or per group)
+    A_i     = A_i / (std(r) + eps)           std of the batch's raw rewards (Flow-GRPO; or per group);
+                                             0 where that std is 0 (tracker baseline; see `flat_scope`)
     A_{i,t} = clip(w_t * A_i, -clip, clip)   w_t: step weights, mean 1 over the trained steps
 
 Rewards here are the unit-range rewards r in [0, 1] (each reward declares its range and the
@@ -33,6 +34,14 @@ def _group_means(rewards: np.ndarray, group_ids: np.ndarray) -> np.ndarray:
     sums = np.bincount(group_ids, weights=rewards, minlength=len(counts))
     with np.errstate(invalid="ignore", divide="ignore"):
         return sums / counts
+
+
+def _group_stds(rewards: np.ndarray, group_ids: np.ndarray) -> np.ndarray:
+    """Population std of the rewards of each group. [G]; an empty group gets NaN."""
+    means = _group_means(rewards, group_ids)
+    var = np.bincount(group_ids, weights=(rewards - means[group_ids]) ** 2, minlength=len(means))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.sqrt(var / np.bincount(group_ids, minlength=len(means)))
 
 
 def group_mean_baseline(rewards: np.ndarray, group_ids: np.ndarray) -> np.ndarray:
@@ -84,12 +93,28 @@ def scale_advantages(residual: np.ndarray, rewards: np.ndarray, group_ids: np.nd
     if mode == "global":
         return a / (r.std() + eps)
     if mode == "group":
-        means = _group_means(r, g)
-        var = np.bincount(g, weights=(r - means[g]) ** 2, minlength=len(means)) / np.bincount(g)
-        return a / (np.sqrt(var)[g] + eps)
+        return a / (_group_stds(r, g)[g] + eps)
     if mode == "residual":
         return standardize(a, eps)
     raise ValueError(f"adv_std must be global, group or residual; got {mode!r}")
+
+
+def flat_scope(rewards: np.ndarray, group_ids: np.ndarray, mode: str, atol: float = 1e-6) -> np.ndarray:
+    """Whether rollout i's std scope (the batch under adv_std "global", its group under
+    "group") has no reward spread: a std of at most atol. bool [N]; never true under "residual",
+    whose scale is the residuals' own spread.
+
+    Such a scope ranks none of its rollouts above another. The group-mean baseline gives it
+    zero residuals; the tracker baseline gives it r - v_c, which the std would blow up by
+    1/eps to the clip (section 4, "A scope without spread").
+    """
+    r = np.asarray(rewards, dtype=np.float64)
+    g = np.asarray(group_ids, dtype=np.int64)
+    if mode == "global":
+        return np.full(len(r), bool(r.std() <= atol))
+    if mode == "group":
+        return _group_stds(r, g)[g] <= atol
+    return np.zeros(len(r), dtype=bool)
 
 
 def flow_grpo_advantages(rewards: np.ndarray, group_ids: np.ndarray, global_std: bool = True) -> np.ndarray:
@@ -142,11 +167,7 @@ def _flat_groups(rewards: np.ndarray, group_ids: np.ndarray, atol: float) -> tup
     r = np.asarray(rewards, dtype=np.float64)
     g = np.asarray(group_ids, dtype=np.int64)
     counts = np.bincount(g)
-    means = _group_means(r, g)
-    var = np.bincount(g, weights=(r - means[g]) ** 2, minlength=len(counts))
-    multi = counts >= 2
-    flat = multi & (np.sqrt(var / np.maximum(counts, 1)) <= atol)
-    return counts, flat
+    return counts, (counts >= 2) & (_group_stds(r, g) <= atol)
 
 
 def zero_std_group_frac(rewards: np.ndarray, group_ids: np.ndarray, atol: float = 1e-6) -> float:
@@ -192,6 +213,9 @@ def compute_advantages(
     else:
         raise ValueError(f"baseline must be tracker or group_mean; got {baseline!r}")
     adv = scale_advantages(r - b, r, g, adv_std, eps)
+    flat = flat_scope(r, g, adv_std)
+    if baseline == "tracker":  # a scope without spread carries no ranking: 0, as the group mean gives it
+        adv = np.where(flat, 0.0, adv)
     w = step_weights(sigmas, noise_level, trained_steps, weight_kind)
     adv_steps = step_advantages(adv, w, clip)
     stats = {
@@ -199,6 +223,7 @@ def compute_advantages(
         "reward/zero_std_rollout_frac": zero_std_rollout_frac(r, g),
         "adv/baseline_mean": float(b.mean()), "adv/raw_std": float((r - b).std()),
         "adv/clip_frac": float((np.abs(np.outer(adv, w)) > clip).mean()),
+        "adv/flat_scope_frac": float(flat.mean()),
     }
     for j, t in enumerate(np.asarray(trained_steps, dtype=np.int64)):
         col = adv_steps[:, j]

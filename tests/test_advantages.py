@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from superflow_lite.advantages import (
-    compute_advantages, flow_grpo_advantages, group_mean_baseline, scale_advantages, standardize, step_advantages,
+    compute_advantages, flat_scope, flow_grpo_advantages, group_mean_baseline, scale_advantages, standardize, step_advantages,
     step_weights, tracker_baseline, zero_std_group_frac, zero_std_rollout_frac,
 )
 
@@ -151,3 +151,35 @@ def test_compute_advantages_tracker_sigma(sd3_sigmas):
     with pytest.raises(ValueError, match="values_before"):
         compute_advantages(r, g, baseline="tracker", values_before=None, first_visit=None,
                            sigmas=sd3_sigmas, noise_level=0.7, trained_steps=range(9), weight_kind="sigma")
+
+
+def test_a_scope_without_spread_gets_zero_advantages_under_the_tracker_baseline(sd3_sigmas):
+    """All 6 rewards 1.0 (two solved prompts): their std is 0, so the residuals r - v_c would be
+    divided by eps alone and clipped at +5. No rollout is better than another: 0, as the
+    group-mean baseline gives."""
+    kw = dict(values_before=np.array([0.97, 0.9]), first_visit=np.array([False, False]), sigmas=sd3_sigmas,
+              noise_level=0.7, trained_steps=range(9), weight_kind="sigma", clip=5.0)
+    r, g = np.ones(6), np.repeat(np.arange(2), 3)
+    adv, stats = compute_advantages(r, g, baseline="tracker", **kw)
+    assert np.all(adv == 0.0) and stats["adv/clip_frac"] == 0.0 and stats["adv/flat_scope_frac"] == 1.0
+    mean_adv, _ = compute_advantages(r, g, baseline="group_mean", **kw)
+    assert np.all(mean_adv == 0.0)
+    # Per-group std: only the flat group is zeroed; the other keeps (r - v_c) / (its std + eps).
+    r2 = np.array([1.0, 1.0, 1.0, 1.0, 0.0, 0.5])
+    adv, stats = compute_advantages(r2, g, baseline="tracker", adv_std="group", **kw)
+    assert np.all(adv[:3] == 0.0) and stats["adv/flat_scope_frac"] == 0.5
+    expected = (r2[3:] - 0.9) / (r2[3:].std() + 1e-4)
+    assert adv[3:] == pytest.approx(np.clip(np.outer(expected, SIGMA_TABLE), -5, 5), abs=0.03)
+    # Spread anywhere in the batch keeps the global scale: a flat prompt beside a varying one
+    # gets its tracker residual over the batch's std, unchanged.
+    adv, stats = compute_advantages(r2, g, baseline="tracker", **kw)
+    assert stats["adv/flat_scope_frac"] == 0.0
+    assert adv[:3, 0] == pytest.approx((1.0 - 0.97) / (r2.std() + 1e-4) * 2.06, rel=0.01)
+
+
+def test_flat_scope_masks():
+    r, g = np.array([0.5, 0.5, 0.2, 0.9]), np.array([0, 0, 1, 1])
+    assert flat_scope(r, g, "group").tolist() == [True, True, False, False]
+    assert flat_scope(r, g, "global").tolist() == [False] * 4
+    assert flat_scope(np.full(4, 0.3), g, "global").tolist() == [True] * 4
+    assert flat_scope(np.full(4, 0.3), g, "residual").tolist() == [False] * 4
