@@ -411,6 +411,10 @@ def main() -> int:
                         help="a regime where learning happens, at the default job's settings: "
                              + "; ".join(f"{k}: {v}" for k, v in REGIMES.items())
                              + f" (default iterations there: {REGIME_ITERATIONS})")
+    parser.add_argument("--reference", default=REFERENCE, choices=list(METHODS),
+                        help=f"the method the others are compared with, whose final mean reward is the target "
+                             f"(default {REFERENCE}); another writes summary_vs_<reference>.json and no plot, "
+                             "e.g. the ablations against superflow")
     parser.add_argument("--fresh", action="store_true", help="delete earlier runs instead of reusing them")
     parser.add_argument("--summary-only", action="store_true", help="train nothing: summarise the finished runs")
     args = parser.parse_args()
@@ -439,12 +443,16 @@ def main() -> int:
     if fresh:
         args.out.mkdir(parents=True, exist_ok=True)
         save_raw(fresh, args.out / RAW_FILE)
-    if not curves or REFERENCE not in curves:
-        print(f"no finished runs of {REFERENCE} under {args.out / 'runs'}: run the benchmark without "
+    if not curves or args.reference not in curves:
+        print(f"no finished runs of {args.reference} under {args.out / 'runs'}: run the benchmark without "
               "--summary-only first", file=sys.stderr)
         return 2
-    summary = summarise(curves, REFERENCE, args.target)
+    summary = summarise(curves, args.reference, args.target)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.reference != REFERENCE:
+        (args.out / f"summary_vs_{args.reference}.json").write_text(json.dumps(summary, indent=1))
+        print(table(summary))
+        return 0
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
     scored_on = (f"{args.regime} regime: {REGIMES[args.regime]}" if args.regime else
                  f"recurring pool of {args.pool} train prompts, scored on them x {args.pool_seeds} seeds"

@@ -186,3 +186,25 @@ def test_tuning_summary_keeps_saved_settings_whose_runs_are_not_here(tmp_path):
     rows = tune.merged_with_saved([{"setting": "lr3e-4", "figure": "new"}], saved)
     assert sorted((r["setting"], r["figure"]) for r in rows) == [("centre", "old"), ("lr3e-4", "new")]
     assert tune.merged_with_saved([{"setting": "centre"}], tmp_path / "absent.json") == [{"setting": "centre"}]
+
+
+def test_another_reference_writes_its_own_summary_and_leaves_the_main_one(bench, tmp_path, monkeypatch, capsys):
+    curves = {"flow_grpo": {}, "superflow": {}}
+    for seed in range(2):
+        for method, lift in (("flow_grpo", 0.1), ("superflow", 0.2)):
+            evals = {0: flat(0.4), 2: [0.4 + lift * (i % 3) / 2 for i in range(len(ITEMS))]}
+            curves[method][seed] = bench.curve(write_run(tmp_path / f"{method}{seed}", evals, 16, 1.0))
+    out = tmp_path / "out"
+    out.mkdir()
+    bench.save_raw(curves, out / bench.RAW_FILE)
+    argv = ["sample_efficiency.py", "--summary-only", "--methods", "flow_grpo", "superflow", "--seeds", "0", "1",
+            "--out", str(out)]
+    monkeypatch.setattr("sys.argv", [*argv, "--reference", "superflow"])
+    assert bench.main() == 0
+    vs = json.loads((out / "summary_vs_superflow.json").read_text())
+    assert vs["reference"] == "superflow" and not (out / "summary.json").exists()
+    assert vs["target_reward"] == pytest.approx(np.mean([c["reward"][-1] for c in curves["superflow"].values()]))
+    assert "reward_vs_reference" in vs["methods"]["flow_grpo"] and "reward_vs_reference" not in vs["methods"]["superflow"]
+    monkeypatch.setattr("sys.argv", argv)
+    assert bench.main() == 0
+    assert json.loads((out / "summary.json").read_text())["reference"] == "flow_grpo"
