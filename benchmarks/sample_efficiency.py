@@ -25,7 +25,8 @@ training iterations' own wall time (evaluation and loading excluded); compare th
 between runs that ran side by side.
 
 Writes <out>/runs/<method>-s<seed>/ (ordinary run directories), <out>/summary.json, the
-curves to <out>/curves.png and prints a Markdown table for benchmarks/RESULTS.md.
+curves to <out>/curves.png and the Markdown table for benchmarks/RESULTS.md to <out>/table.md
+(and prints it); with --reference M, summary_vs_M.json and table_vs_M.md instead.
 """
 from __future__ import annotations
 
@@ -449,11 +450,12 @@ def main() -> int:
         return 2
     summary = summarise(curves, args.reference, args.target)
     args.out.mkdir(parents=True, exist_ok=True)
-    if args.reference != REFERENCE:
-        (args.out / f"summary_vs_{args.reference}.json").write_text(json.dumps(summary, indent=1))
+    suffix = "" if args.reference == REFERENCE else f"_vs_{args.reference}"
+    (args.out / f"summary{suffix}.json").write_text(json.dumps(summary, indent=1))
+    (args.out / f"table{suffix}.md").write_text(table(summary) + "\n")
+    if suffix:
         print(table(summary))
         return 0
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
     scored_on = (f"{args.regime} regime: {REGIMES[args.regime]}" if args.regime else
                  f"recurring pool of {args.pool} train prompts, scored on them x {args.pool_seeds} seeds"
                  if args.pool else "72 test prompts x 4 seeds")

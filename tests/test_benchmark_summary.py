@@ -203,6 +203,7 @@ def test_another_reference_writes_its_own_summary_and_leaves_the_main_one(bench,
     assert bench.main() == 0
     vs = json.loads((out / "summary_vs_superflow.json").read_text())
     assert vs["reference"] == "superflow" and not (out / "summary.json").exists()
+    assert (out / "table_vs_superflow.md").read_text().startswith("target: superflow")
     assert vs["target_reward"] == pytest.approx(np.mean([c["reward"][-1] for c in curves["superflow"].values()]))
     assert "reward_vs_reference" in vs["methods"]["flow_grpo"] and "reward_vs_reference" not in vs["methods"]["superflow"]
     monkeypatch.setattr("sys.argv", argv)
