@@ -350,22 +350,24 @@ def recurring_pool(out: Path, size: int, eval_seeds: int = POOL_EVAL_SEEDS) -> l
 # score the pool's own prompts at fresh noise seeds, the same at every evaluation (paired).
 REGIME_ITERATIONS = 48
 REGIMES = {
-    "focused": "the default job's two position prompts (strict ~0.1), 64 seeds each (1000-1063)",
+    "focused": "two position prompts the base model rarely draws right (strict ~0.1), 64 seeds each (1000-1063)",
     "mixed": "those two beside two single-object prompts the base model already draws (strict ~1.0), "
              "32 seeds each (1000-1031); 2 of the 4 prompts per iteration, so which prompts are chosen matters",
 }
 
 
 def regime_overrides(out: Path, regime: str) -> list[str]:
-    """The overrides of a regime on top of preset tiny-focus (which is the focused regime)."""
-    if regime == "focused":
-        return []
-    from superflow_lite.world.prompts import focus_prompts, prompt_category, rl_train_prompts
+    """The overrides of a regime on top of preset tiny-focus: its prompts, and for the mixed
+    regime its evaluation seeds (the focused one keeps the preset's 1000-1063)."""
+    from superflow_lite.world.prompts import POSITION_PAIR, prompt_category, rl_train_prompts
 
-    solved = [p for p in rl_train_prompts() if prompt_category(p) == "single"][:2]  # the first two in pool order
     out.mkdir(parents=True, exist_ok=True)
-    path = out / "mixed_pool.txt"
-    path.write_text("\n".join(focus_prompts() + solved) + "\n")
+    path = out / f"{regime}_pool.txt"
+    if regime == "focused":
+        path.write_text("\n".join(POSITION_PAIR) + "\n")
+        return [f"prompts.source={path}", "prompts.num_eval_prompts=2"]
+    solved = [p for p in rl_train_prompts() if prompt_category(p) == "single"][:2]  # the first two in pool order
+    path.write_text("\n".join([*POSITION_PAIR, *solved]) + "\n")
     return [f"prompts.source={path}", "prompts.num_eval_prompts=4",
             f"prompts.eval_seeds=[{','.join(map(str, range(1000, 1032)))}]"]
 

@@ -100,11 +100,17 @@ def rl_train_prompts() -> list[str]:
     return [p for p in _split()[0] if p not in held_out]
 
 
+# Two position prompts the base model rarely draws right (strict accuracy about 0.1): the
+# focused regime of benchmarks/sample_efficiency.py, where SuperFlow is compared with Flow-GRPO.
+POSITION_PAIR = ("a photo of a yellow triangle above a blue circle", "a photo of a red circle above a red square")
+
+
 def focus_prompts() -> list[str]:
-    """The default CPU job's pool: two position prompts of the RL pool that the base model
-    rarely gets right (strict accuracy about 0.1 over fresh seeds) and that RL learns within
-    minutes when every iteration revisits them (benchmarks/RESULTS.md, the default job)."""
-    focus = ["a photo of a yellow triangle above a blue circle", "a photo of a red circle above a red square"]
+    """The default CPU job's pool: two counting prompts of the RL pool that the base model
+    draws right about half the time, where a group's strict outcomes vary most. Chosen on
+    validation seeds over three skills (benchmarks/results/focus_tasks/PROTOCOL.md); RL
+    raises their strict accuracy within minutes when every iteration revisits them."""
+    focus = ["a photo of two green triangles", "a photo of three green circles"]
     assert set(focus) <= set(rl_train_prompts())
     return focus
 
