@@ -107,7 +107,7 @@ POSITION_PAIR = ("a photo of a yellow triangle above a blue circle", "a photo of
 
 def focus_prompts() -> list[str]:
     """The default CPU job's pool: two counting prompts of the RL pool that the base model
-    draws right about half the time, where a group's strict outcomes vary most. Chosen on
+    draws right a third to half the time, where a group's strict outcomes vary most. Chosen on
     validation seeds over three skills (benchmarks/results/focus_tasks/PROTOCOL.md); RL
     raises their strict accuracy within minutes when every iteration revisits them."""
     focus = ["a photo of two green triangles", "a photo of three green circles"]
