@@ -7,6 +7,7 @@ machine load), as a ratio per round:
     python benchmarks/throughput.py --baseline /tmp/baseline --this-side train.sde_window=2 --name sde-window-2
 
     python benchmarks/throughput.py --profile      # where this tree's iteration spends its time
+    python benchmarks/throughput.py --compile-probe   # torch.compile's gain on the update's forward+backward
 
 `--this-side` overrides apply to this tree's side only: an option that changes the algorithm,
 timed against the baseline's default. Each side builds the trainer of the `tiny` preset (the
@@ -86,6 +87,46 @@ def profile(iterations: int, overrides: list[str]) -> int:
     return subprocess.run([sys.executable, "-c", wrapped], cwd=HERE, env=side_env(HERE)).returncode
 
 
+def compile_probe(repeats: int = 20) -> dict:
+    """Seconds per forward+backward of the world transformer on one CFG micro-batch (2 x 16
+    rollouts, 64 image and 16 text tokens), one thread, eager and under torch.compile (the
+    inductor's fused C++ kernels), in one process so both see the same machine load."""
+    import time
+
+    import torch
+
+    from superflow_lite.world.model import load_world_pipeline
+
+    torch.set_num_threads(1)
+    model = load_world_pipeline().transformer
+    for name, weight in model.named_parameters():  # gradients flow through every block, as for a LoRA
+        weight.requires_grad_("attn.to_q" in name)
+    batch = 32
+    inputs = dict(hidden_states=torch.randn(batch, model.config.in_channels, 8, 8),
+                  encoder_hidden_states=torch.randn(batch, 16, model.config.joint_attention_dim),
+                  pooled_projections=torch.randn(batch, model.config.pooled_projection_dim),
+                  timestep=torch.full((batch,), 500.0), return_dict=False)
+
+    def seconds_per_step(forward) -> float:
+        for _ in range(3):
+            forward(**inputs)[0].square().mean().backward()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            forward(**inputs)[0].square().mean().backward()
+        return (time.perf_counter() - start) / repeats
+
+    eager = seconds_per_step(model)
+    start = time.perf_counter()
+    compiled = torch.compile(model)
+    compiled(**inputs)[0].square().mean().backward()
+    compile_s = time.perf_counter() - start
+    fused = seconds_per_step(compiled)
+    eager_again = seconds_per_step(model)
+    return {"command": "python benchmarks/throughput.py --compile-probe", "torch": torch.__version__,
+            "eager_s": eager, "eager_again_s": eager_again, "compiled_s": fused, "compile_s": compile_s,
+            "ratio": (eager + eager_again) / 2 / fused}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", type=Path, help="another checkout of the project, the side compared against")
@@ -94,11 +135,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--this-side", nargs="*", default=[], help="overrides for this tree's side only")
     parser.add_argument("--profile", action="store_true",
                         help="instead: profile this tree's iterations (cProfile, one thread) and print the costliest calls")
+    parser.add_argument("--compile-probe", action="store_true",
+                        help="instead: time the update's forward+backward eager and under torch.compile, one thread")
     parser.add_argument("--name", default="summary", help="result file name under benchmarks/results/throughput/")
     parser.add_argument("overrides", nargs="*", help="config overrides for both sides (dotted keys)")
     args = parser.parse_args(argv)
     if args.profile:
         return profile(args.iterations, [*args.overrides, *args.this_side])
+    if args.compile_probe:
+        result = compile_probe()
+        OUT.mkdir(parents=True, exist_ok=True)
+        (OUT / "compile-probe.json").write_text(json.dumps(result, indent=1) + "\n")
+        print(json.dumps(result, indent=1))
+        return 0
     if args.baseline is None or not (args.baseline / "superflow_lite" / "trainer.py").is_file():
         print(f"error: --baseline {args.baseline} is not a checkout of this project; give one (git worktree add)", file=sys.stderr)
         return 2
