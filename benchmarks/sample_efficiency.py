@@ -351,20 +351,21 @@ def recurring_pool(out: Path, size: int, eval_seeds: int = POOL_EVAL_SEEDS) -> l
 REGIME_ITERATIONS = 48
 REGIMES = {
     "focused": "two position prompts the base model rarely draws right (strict ~0.1), 64 seeds each (1000-1063)",
-    "mixed": "those two beside two single-object prompts the base model already draws (strict ~1.0), "
+    "counting": "the default job's two counting prompts (strict 0.3-0.5 at the base), 64 seeds each (1000-1063)",
+    "mixed": "the two position prompts beside two single-object prompts the base model already draws (strict ~1.0), "
              "32 seeds each (1000-1031); 2 of the 4 prompts per iteration, so which prompts are chosen matters",
 }
 
 
 def regime_overrides(out: Path, regime: str) -> list[str]:
     """The overrides of a regime on top of preset tiny-focus: its prompts, and for the mixed
-    regime its evaluation seeds (the focused one keeps the preset's 1000-1063)."""
-    from superflow_lite.world.prompts import POSITION_PAIR, prompt_category, rl_train_prompts
+    regime its evaluation seeds (the focused and counting ones keep the preset's 1000-1063)."""
+    from superflow_lite.world.prompts import COUNTING_PAIR, POSITION_PAIR, prompt_category, rl_train_prompts
 
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{regime}_pool.txt"
-    if regime == "focused":
-        path.write_text("\n".join(POSITION_PAIR) + "\n")
+    if regime in ("focused", "counting"):
+        path.write_text("\n".join(POSITION_PAIR if regime == "focused" else COUNTING_PAIR) + "\n")
         return [f"prompts.source={path}", "prompts.num_eval_prompts=2"]
     solved = [p for p in rl_train_prompts() if prompt_category(p) == "single"][:2]  # the first two in pool order
     path.write_text("\n".join([*POSITION_PAIR, *solved]) + "\n")

@@ -212,15 +212,16 @@ def test_another_reference_writes_its_own_summary_and_leaves_the_main_one(bench,
 
 
 def test_the_regimes_train_their_own_prompts_whatever_the_default_job_trains(bench, tmp_path):
-    """The regimes' prompts are fixed with their results: the default job's task may change,
-    the focused regime stays the position pair and the mixed one adds two solved prompts."""
+    """The regimes' prompts are fixed with their results, whatever the default job trains: the
+    focused regime is the position pair, the counting one the counting pair, and the mixed
+    one adds two solved prompts to the position pair."""
     from superflow_lite.config import build_config
     from superflow_lite.prompts import load_prompts
-    from superflow_lite.world.prompts import POSITION_PAIR, prompt_category
+    from superflow_lite.world.prompts import COUNTING_PAIR, POSITION_PAIR, prompt_category
 
-    for regime, size in (("focused", 2), ("mixed", 4)):
+    for regime, pair, size in (("focused", POSITION_PAIR, 2), ("counting", COUNTING_PAIR, 2), ("mixed", POSITION_PAIR, 4)):
         overrides = bench.regime_overrides(tmp_path, regime)
         cfg = build_config("tiny-focus", overrides=overrides)
         pool = load_prompts(cfg.prompts).eval_prompts(cfg.prompts.eval_split)
-        assert pool[:2] == list(POSITION_PAIR) and len(pool) == cfg.prompts.num_eval_prompts == size
+        assert pool[:2] == list(pair) and len(pool) == cfg.prompts.num_eval_prompts == size
         assert all(prompt_category(p) == "single" for p in pool[2:])

@@ -103,6 +103,9 @@ def rl_train_prompts() -> list[str]:
 # Two position prompts the base model rarely draws right (strict accuracy about 0.1): the
 # focused regime of benchmarks/sample_efficiency.py, where SuperFlow is compared with Flow-GRPO.
 POSITION_PAIR = ("a photo of a yellow triangle above a blue circle", "a photo of a red circle above a red square")
+# Two counting prompts the base model draws right a third to half the time: the default CPU
+# job's task, and the counting regime of benchmarks/sample_efficiency.py.
+COUNTING_PAIR = ("a photo of two green triangles", "a photo of three green circles")
 
 
 def focus_prompts() -> list[str]:
@@ -110,7 +113,7 @@ def focus_prompts() -> list[str]:
     draws right a third to half the time, where a group's strict outcomes vary most. Chosen on
     validation seeds over three skills (benchmarks/results/focus_tasks/PROTOCOL.md); RL
     raises their strict accuracy within minutes when every iteration revisits them."""
-    focus = ["a photo of two green triangles", "a photo of three green circles"]
+    focus = list(COUNTING_PAIR)
     assert set(focus) <= set(rl_train_prompts())
     return focus
 
