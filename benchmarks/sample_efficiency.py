@@ -46,6 +46,9 @@ from superflow_lite.train import main as train_main  # noqa: E402
 
 METHODS: dict[str, list[str]] = {
     "flow_grpo": ["algorithm=flow_grpo"],
+    # Flow-GRPO at the learning rate its own validation runs pick in the focused regime
+    # (results/regime_focused_val/PROTOCOL.md): the control for SuperFlow's step weights.
+    "flow_grpo-lr4e-3": ["algorithm=flow_grpo", "train.lr=4e-3"],
     "superflow": ["algorithm=superflow"],
     "superflow-no-dynamic-groups": ["algorithm=superflow", "superflow.dynamic_groups=false"],
     "superflow-no-step-weights": ["algorithm=superflow", "superflow.step_weights=none"],
