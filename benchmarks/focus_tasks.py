@@ -48,8 +48,8 @@ def scored_prompts() -> list[str]:
 
 
 def nearest_half(rates: dict[str, float], prompts: list[str], k: int = 2) -> list[str]:
-    """The k prompts whose success rate is nearest 0.5; ties keep the prompts' order."""
-    return sorted(prompts, key=lambda p: (abs(rates[p] - 0.5), prompts.index(p)))[:k]
+    """The k prompts whose success rate is nearest 0.5; ties keep the prompts' order (sorted is stable)."""
+    return sorted(prompts, key=lambda p: abs(rates[p] - 0.5))[:k]
 
 
 VALIDATION_SEEDS = (101, 102)

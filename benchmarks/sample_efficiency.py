@@ -367,8 +367,9 @@ def regime_overrides(out: Path, regime: str) -> list[str]:
 
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{regime}_pool.txt"
-    if regime in ("focused", "counting"):
-        path.write_text("\n".join(POSITION_PAIR if regime == "focused" else COUNTING_PAIR) + "\n")
+    pair = {"focused": POSITION_PAIR, "counting": COUNTING_PAIR}.get(regime)
+    if pair is not None:
+        path.write_text("\n".join(pair) + "\n")
         return [f"prompts.source={path}", "prompts.num_eval_prompts=2"]
     solved = [p for p in rl_train_prompts() if prompt_category(p) == "single"][:2]  # the first two in pool order
     path.write_text("\n".join([*POSITION_PAIR, *solved]) + "\n")
