@@ -19,6 +19,12 @@ Where learning happens (the regimes, at the default job's settings; 48 iteration
     OMP_NUM_THREADS=1 python benchmarks/sample_efficiency.py --regime focused --methods flow_grpo superflow \
         --out benchmarks/results/regime_focused
 
+A longer budget continues finished runs from their last checkpoint:
+
+    cp -r benchmarks/results/regime_counting/runs benchmarks/results/regime_counting_long/
+    OMP_NUM_THREADS=1 python benchmarks/sample_efficiency.py --regime counting --iterations 96 \
+        --methods flow_grpo superflow --out benchmarks/results/regime_counting_long
+
 Finished runs are reused, so methods and seeds can run in separate processes (two at a
 time on a 2-core machine, one thread each) and be summarised together. Seconds are the
 training iterations' own wall time (evaluation and loading excluded); compare them only
@@ -40,7 +46,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from superflow_lite.rundir import DONE, SAMPLES_DIR, list_sample_steps, read_metrics, run_state  # noqa: E402
+from superflow_lite.rundir import DONE, SAMPLES_DIR, list_sample_steps, read_metrics, read_status, run_state  # noqa: E402
 from superflow_lite.stats import Interval, aligned, bootstrap_ratio, paired_bootstrap, read_eval_items  # noqa: E402
 from superflow_lite.train import main as train_main  # noqa: E402
 
@@ -357,22 +363,25 @@ REGIMES = {
     "counting": "the default job's two counting prompts (strict 0.3-0.5 at the base), 64 seeds each (1000-1063)",
     "mixed": "the two position prompts beside two single-object prompts the base model already draws (strict ~1.0), "
              "32 seeds each (1000-1031); 2 of the 4 prompts per iteration, so which prompts are chosen matters",
+    "counting-mixed": "the counting pair beside the same two solved single-object prompts, 32 seeds each (1000-1031); "
+                      "2 of the 4 prompts per iteration",
 }
 
 
 def regime_overrides(out: Path, regime: str) -> list[str]:
     """The overrides of a regime on top of preset tiny-focus: its prompts, and for the mixed
-    regime its evaluation seeds (the focused and counting ones keep the preset's 1000-1063)."""
+    regimes their evaluation seeds (the focused and counting ones keep the preset's 1000-1063)."""
     from superflow_lite.world.prompts import COUNTING_PAIR, POSITION_PAIR, prompt_category, rl_train_prompts
 
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{regime}_pool.txt"
-    pair = {"focused": POSITION_PAIR, "counting": COUNTING_PAIR}.get(regime)
-    if pair is not None:
+    pair = {"focused": POSITION_PAIR, "counting": COUNTING_PAIR,
+            "mixed": POSITION_PAIR, "counting-mixed": COUNTING_PAIR}[regime]
+    if not regime.endswith("mixed"):
         path.write_text("\n".join(pair) + "\n")
         return [f"prompts.source={path}", "prompts.num_eval_prompts=2"]
     solved = [p for p in rl_train_prompts() if prompt_category(p) == "single"][:2]  # the first two in pool order
-    path.write_text("\n".join([*POSITION_PAIR, *solved]) + "\n")
+    path.write_text("\n".join([*pair, *solved]) + "\n")
     return [f"prompts.source={path}", "prompts.num_eval_prompts=4",
             f"prompts.eval_seeds=[{','.join(map(str, range(1000, 1032)))}]"]
 
@@ -398,6 +407,16 @@ def run_once(run_dir: Path, method: str, seed: int, iterations: int, eval_every:
                        f"output.eval_every={eval_every}", f"output.checkpoint_every={iterations}", *extra])
     if code != 0:
         raise SystemExit(f"{method} seed {seed} failed with exit code {code}")
+
+
+def continue_run(run_dir: Path, iterations: int) -> None:
+    """Train a finished run on to `iterations` from its last checkpoint. The learning rate is
+    constant and a resume is bit-exact (tests/test_export_resume.py), so this is the run the
+    longer budget would have made, at the cost of the new iterations only."""
+    code = train_main(["--resume", str(run_dir), "--no-progress", f"train.iterations={iterations}",
+                       f"output.checkpoint_every={iterations}"])
+    if code != 0:
+        raise SystemExit(f"continuing {run_dir} to {iterations} iterations failed with exit code {code}")
 
 
 def main() -> int:
@@ -446,6 +465,8 @@ def main() -> int:
                         curves.setdefault(method, {})[seed] = raw[method][seed]
                     continue
                 run_once(run_dir, method, seed, args.iterations, args.eval_every, extra, args.regime)
+            elif not args.summary_only and read_status(run_dir)["iterations"] < args.iterations:
+                continue_run(run_dir, args.iterations)
             c = {**curve(run_dir), "visits": visits(run_dir)}
             curves.setdefault(method, {})[seed] = fresh.setdefault(method, {})[seed] = c
     if fresh:

@@ -214,14 +214,31 @@ def test_another_reference_writes_its_own_summary_and_leaves_the_main_one(bench,
 def test_the_regimes_train_their_own_prompts_whatever_the_default_job_trains(bench, tmp_path):
     """The regimes' prompts are fixed with their results, whatever the default job trains: the
     focused regime is the position pair, the counting one the counting pair, and the mixed
-    one adds two solved prompts to the position pair."""
+    ones add two solved prompts to the position pair or to the counting pair."""
     from superflow_lite.config import build_config
     from superflow_lite.prompts import load_prompts
     from superflow_lite.world.prompts import COUNTING_PAIR, POSITION_PAIR, prompt_category
 
-    for regime, pair, size in (("focused", POSITION_PAIR, 2), ("counting", COUNTING_PAIR, 2), ("mixed", POSITION_PAIR, 4)):
+    for regime, pair, size in (("focused", POSITION_PAIR, 2), ("counting", COUNTING_PAIR, 2), ("mixed", POSITION_PAIR, 4),
+                               ("counting-mixed", COUNTING_PAIR, 4)):
         overrides = bench.regime_overrides(tmp_path, regime)
         cfg = build_config("tiny-focus", overrides=overrides)
         pool = load_prompts(cfg.prompts).eval_prompts(cfg.prompts.eval_split)
         assert pool[:2] == list(pair) and len(pool) == cfg.prompts.num_eval_prompts == size
         assert all(prompt_category(p) == "single" for p in pool[2:])
+
+
+def test_a_longer_budget_continues_finished_runs_and_reuses_long_enough_ones(bench, tmp_path, monkeypatch):
+    """--iterations above a finished run's own continues it from its checkpoint (never starts
+    it again); a run already at the budget is read as it is."""
+    out = tmp_path / "bench"
+    for method, done_at in (("flow_grpo", 48), ("superflow", 96)):
+        run = write_run(out / "runs" / f"{method}-s0", {0: flat(0.5), 4: flat(0.6)}, rollouts_per_iter=32, iter_s=1.0)
+        (run / "status.json").write_text(json.dumps({"state": "done", "iterations": done_at, "iteration": done_at}))
+    continued, started = [], []
+    monkeypatch.setattr(bench, "continue_run", lambda run_dir, iterations: continued.append((run_dir.name, iterations)))
+    monkeypatch.setattr(bench, "run_once", lambda *a, **k: started.append(a))
+    monkeypatch.setattr("sys.argv", ["sample_efficiency.py", "--methods", "flow_grpo", "superflow", "--seeds", "0",
+                                     "--iterations", "96", "--out", str(out)])
+    assert bench.main() == 0
+    assert continued == [("flow_grpo-s0", 96)] and started == []

@@ -55,9 +55,12 @@ def _lora(run_dir):
         return {k: f.get_tensor(k) for k in f.keys()}
 
 
-def test_resume_equals_an_uninterrupted_run(tmp_path, fast_overrides):
+@pytest.mark.parametrize("preset", ["tiny", "tiny-focus"])  # tiny-focus: the LoRA's moving average too
+def test_resume_equals_an_uninterrupted_run(tmp_path, fast_overrides, preset):
+    """Continuing a finished run to more iterations is the longer run, bit for bit: the
+    benchmarks' longer budgets (sample_efficiency.continue_run) rest on it."""
     full, split = tmp_path / "full", tmp_path / "split"
-    common = ["--preset", "tiny", "--no-progress", *fast_overrides]
+    common = ["--preset", preset, "--no-progress", *fast_overrides]
     assert main([*common, "--output", str(full), "train.iterations=4"]) == 0
     assert main([*common, "--output", str(split), "train.iterations=2"]) == 0
     assert read_status(split)["state"] == "done"
