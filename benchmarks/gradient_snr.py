@@ -12,10 +12,20 @@ direction is mostly noise, and averaging m batches raises the signal share m-fol
 Prints the pairwise cosines and their mean (and, with --x0-credit, the same for
 advantages re-estimated per step from the model's one-step prediction of the clean sample:
 the change in the reward of decode(x_t - s_t v_t) that step t caused, relative to its group).
+
+Does the signal share grow linearly with the batch? With --merge, the mean of M batches'
+gradients is the gradient of one batch of M x 2G rollouts (M groups per prompt), and the
+cosine between such means is measured directly (disjoint blocks of the batches drawn) beside
+what independent noise predicts from the single batches (`predicted_share`):
+
+    OMP_NUM_THREADS=1 python benchmarks/gradient_snr.py --group-size 16 --batches 128 --merge 4 16 \
+        --prompts "a photo of two green triangles" "a photo of three green circles" \
+        --out benchmarks/results/gradient_snr/counting-g16-128batches.json
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -32,6 +42,43 @@ from superflow_lite.rundir import RunDir  # noqa: E402
 from superflow_lite.trainer import Trainer, trained_steps_for  # noqa: E402
 
 PROMPTS = ["a photo of two red circles", "a photo of a blue square to the left of a green triangle"]
+
+
+def merged_cosine(gram: np.ndarray, m: int) -> float:
+    """Mean cosine between the means of disjoint blocks of m consecutive batches, read off the
+    Gram matrix of the batches' gradients (gram[i, j] = g_i . g_j); leftover batches unused.
+
+    The mean of a block's gradients is the gradient of the block merged into one batch.
+    """
+    blocks = len(gram) // m
+    if blocks < 2:
+        raise ValueError(f"{len(gram)} batches make fewer than 2 blocks of {m}")
+    block_of = np.arange(blocks * m) // m
+    ones = np.eye(blocks)[block_of]                       # [blocks*m, blocks] membership
+    merged = ones.T @ gram[:blocks * m, :blocks * m] @ ones  # sums' dot products (the 1/m cancels in a cosine)
+    norms = np.sqrt(np.diag(merged))
+    cos = merged / np.outer(norms, norms)
+    return float(cos[np.triu_indices(blocks, 1)].mean())
+
+
+def predicted_share(gram: np.ndarray, m: int) -> float:
+    """|g|^2 / (|g|^2 + E|n|^2 / m): the cosine expected between two merged batches of m if
+    each batch's gradient is g + n with independent noise n. |g|^2 is estimated by the mean
+    dot product of distinct batches, |g|^2 + E|n|^2 by the mean squared norm."""
+    k = len(gram)
+    signal = (gram.sum() - np.trace(gram)) / (k * (k - 1))
+    noise = np.trace(gram) / k - signal
+    return float(signal / (signal + noise / m))
+
+
+def jackknife(statistic, gram: np.ndarray, unit: int = 1) -> tuple[float, float]:
+    """The statistic on all batches and its delete-a-group jackknife standard error, a group
+    being `unit` consecutive batches (a merged batch, for `merged_cosine`)."""
+    k = len(gram) // unit
+    gram = gram[:k * unit, :k * unit]
+    keep = [np.delete(np.arange(k * unit), np.arange(i * unit, (i + 1) * unit)) for i in range(k)]
+    values = np.array([statistic(gram[np.ix_(idx, idx)]) for idx in keep])
+    return statistic(gram), float(np.sqrt((k - 1) / k * ((values - values.mean()) ** 2).sum()))
 
 
 def lora_gradient(trainer: Trainer) -> torch.Tensor:
@@ -63,10 +110,17 @@ def main() -> int:
     parser.add_argument("--sde-steps", type=int, nargs="*", default=None, metavar="T",
                         help="SDE (and train) only these steps, ODE elsewhere (default: the config's)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--prompts", nargs=2, default=PROMPTS, metavar="PROMPT", help="the batch's two prompts")
+    parser.add_argument("--merge", type=int, nargs="*", default=[], metavar="M",
+                        help="also the cosine between means of M batches (batches of M x 2G rollouts)")
+    parser.add_argument("--out", type=Path, help="write the Gram matrix and the figures here (JSON)")
     args = parser.parse_args()
+    if args.merge and args.batches < 3 * max(args.merge):
+        parser.error(f"--merge {max(args.merge)} needs at least {3 * max(args.merge)} --batches "
+                     "(three merged batches: two to compare after the jackknife leaves one out)")
     torch.set_num_threads(1)
     work = Path(tempfile.mkdtemp())
-    (work / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
+    (work / "prompts.txt").write_text("\n".join(args.prompts) + "\n")
     g = args.group_size
     cfg = build_config("tiny", None, [
         "algorithm=flow_grpo", f"prompts.source={work / 'prompts.txt'}", f"prompts.test_source={work / 'prompts.txt'}",
@@ -101,13 +155,31 @@ def main() -> int:
                                              trainer.encoder.negative(), schedule, steps)
                 grads[name].append(lora_gradient(trainer))
             print(f"batch {batch}: reward mean {r.mean():.3f} std {r.std():.3f}", flush=True)
+    report: dict = {"prompts": args.prompts, "group_size": g, "batches": args.batches, "set": args.set}
     for name, gs in grads.items():
         if not gs:
+            continue
+        stacked = torch.stack(gs).double()
+        gram = (stacked @ stacked.T).numpy()
+        if args.merge:  # many batches: summaries only, every one from the Gram matrix
+            rows = []
+            for m in [1, *args.merge]:
+                measured = jackknife(lambda gr: merged_cosine(gr, m), gram, unit=m)
+                predicted = jackknife(lambda gr: predicted_share(gr, m), gram)
+                rows.append({"batches_merged": m, "rollouts": m * 2 * g, "cosine": measured[0], "cosine_se": measured[1],
+                             "predicted": predicted[0], "predicted_se": predicted[1]})
+                print(f"{name}: {m * 2 * g} rollouts per batch: cosine {measured[0]:+.3f} +- {measured[1]:.3f} "
+                      f"({len(gram) // m} batches); independent noise predicts {predicted[0]:+.3f} +- {predicted[1]:.3f}")
+            report[name] = {"gram": gram.tolist(), "by_batch_size": rows}
             continue
         cos = [float(torch.nn.functional.cosine_similarity(gs[i], gs[j], dim=0))
                for i in range(len(gs)) for j in range(i + 1, len(gs))]
         print(f"{name}: mean cosine between independent batches {np.mean(cos):+.3f} "
               f"(pairs: {' '.join(f'{c:+.3f}' for c in cos)}); {2 * g} rollouts per batch")
+        report[name] = {"gram": gram.tolist(), "mean_cosine": float(np.mean(cos))}
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report))
     return 0
 
 
