@@ -183,6 +183,11 @@ def items_auc(c: dict, metric: str, budget: float) -> np.ndarray:
     return np.trapezoid(ys, x, axis=0) / budget
 
 
+LATE_ROLLOUTS = 768
+"""A curve's plateau reading: its reward gain over its own last 768 rollouts (24 of Flow-GRPO's
+iterations). Called a plateau only where that gain's interval contains zero."""
+
+
 def summarise(by_seed: dict[str, dict[int, dict]], reference: str = REFERENCE, target: float | None = None) -> dict:
     """Every figure of the table, each with its interval. by_seed: {method: {training seed: curve}};
     a method is compared with the reference on the seeds both have (pairing)."""
@@ -221,6 +226,10 @@ def summarise(by_seed: dict[str, dict[int, dict]], reference: str = REFERENCE, t
                 m[f"{metric}_gain"] = paired_bootstrap(at_budget, base).__dict__
                 m[f"{metric}_at_budget"] = paired_bootstrap(at_budget).__dict__
                 m[f"{metric}_auc"] = paired_bootstrap(np.stack([items_auc(c, metric, budget) for c in runs])).__dict__
+            # Has the curve flattened? Its own last LATE_ROLLOUTS, paired by seed and item.
+            m["reward_late_gain"] = paired_bootstrap(
+                np.stack([items_at(c, "reward", c["rollouts"][-1]) for c in runs]),
+                np.stack([items_at(c, "reward", max(c["rollouts"][-1] - LATE_ROLLOUTS, 0.0)) for c in runs])).__dict__
         common = sorted(set(by_seed[method]) & set(by_seed[reference]))
         if method != reference and common:
             runs = [by_seed[method][s] for s in common]
@@ -287,8 +296,9 @@ def table(summary: dict) -> str:
         "| method | seeds | visits per prompt (first visits) | strict gain over base | reward gain over base | rollouts to target | "
         f"rollouts ratio to {ref} | seconds ratio to {ref} | reward vs {ref} at equal rollouts | "
         f"strict vs {ref} at equal rollouts | reward AUC vs {ref} | seconds per rollout ratio (side by side only) | "
-        "x0 scoring share of its time | extra sampling passes | rollouts on groups with zero reward spread |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "x0 scoring share of its time | extra sampling passes | rollouts on groups with zero reward spread | "
+        f"reward gain over its last {LATE_ROLLOUTS} rollouts |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for method, m in summary["methods"].items():
         lines.append(
@@ -298,7 +308,8 @@ def table(summary: dict) -> str:
             f"{fmt(m.get('seconds_ratio'), 2, False)} | {fmt(m.get('reward_vs_reference'))} | "
             f"{fmt(m.get('strict_vs_reference'))} | {fmt(m.get('reward_auc_vs_reference'))} | "
             f"{fmt(m.get('seconds_per_rollout_ratio'), 2, False)} | {_share(m.get('credit_share'))} | "
-            f"{_count(m.get('extra_sample_batches'))} | {_share(m.get('zero_spread_share'))} |")
+            f"{_count(m.get('extra_sample_batches'))} | {_share(m.get('zero_spread_share'))} | "
+            f"{fmt(m.get('reward_late_gain'))} |")
     return "\n".join(lines)
 
 

@@ -75,7 +75,7 @@ def test_items_at_and_area_under_the_curve(bench, tmp_path):
     np.testing.assert_allclose(bench.items_auc(c, "reward", 64), 0.4)
 
 
-def test_summary_pairs_methods_by_seed_and_item(bench, tmp_path):
+def test_summary_pairs_methods_by_seed_and_item(bench, tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     by_seed: dict[str, dict[int, dict]] = {"flow_grpo": {}, "fast": {}}
     items_base = rng.uniform(0.3, 0.5, len(ITEMS))
@@ -103,6 +103,12 @@ def test_summary_pairs_methods_by_seed_and_item(bench, tmp_path):
     assert fast["reward_auc_vs_reference"]["mean"] > 0
     text = bench.table(summary)
     assert "| fast | 4 |" in text and "flow_grpo" in text
+    # The plateau reading: a run's gain over its own last LATE_ROLLOUTS (the whole run when it is shorter).
+    assert fast["reward_late_gain"]["mean"] == pytest.approx(0.35)
+    monkeypatch.setattr(bench, "LATE_ROLLOUTS", 128)  # from iteration 4 (128 rollouts) to 8
+    late = bench.summarise(by_seed, "flow_grpo", target)["methods"]
+    assert late["flow_grpo"]["reward_late_gain"]["mean"] == pytest.approx(0.1)
+    assert late["fast"]["reward_late_gain"]["mean"] == pytest.approx(0.05)
 
 
 def test_a_target_the_base_already_meets_has_no_rollouts_to_target(bench, tmp_path):
