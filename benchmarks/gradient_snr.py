@@ -56,9 +56,13 @@ def merged_cosine(gram: np.ndarray, m: int) -> float:
     block_of = np.arange(blocks * m) // m
     ones = np.eye(blocks)[block_of]                       # [blocks*m, blocks] membership
     merged = ones.T @ gram[:blocks * m, :blocks * m] @ ones  # sums' dot products (the 1/m cancels in a cosine)
-    norms = np.sqrt(np.diag(merged))
-    cos = merged / np.outer(norms, norms)
-    return float(cos[np.triu_indices(blocks, 1)].mean())
+    return float(pairwise_cosines(merged).mean())
+
+
+def pairwise_cosines(gram: np.ndarray) -> np.ndarray:
+    """cos(g_i, g_j) for every pair i < j, from the Gram matrix. [K(K-1)/2]."""
+    norms = np.sqrt(np.diag(gram))
+    return (gram / np.outer(norms, norms))[np.triu_indices(len(gram), 1)]
 
 
 def predicted_share(gram: np.ndarray, m: int) -> float:
@@ -172,8 +176,7 @@ def main() -> int:
                       f"({len(gram) // m} batches); independent noise predicts {predicted[0]:+.3f} +- {predicted[1]:.3f}")
             report[name] = {"gram": gram.tolist(), "by_batch_size": rows}
             continue
-        cos = [float(torch.nn.functional.cosine_similarity(gs[i], gs[j], dim=0))
-               for i in range(len(gs)) for j in range(i + 1, len(gs))]
+        cos = pairwise_cosines(gram)
         print(f"{name}: mean cosine between independent batches {np.mean(cos):+.3f} "
               f"(pairs: {' '.join(f'{c:+.3f}' for c in cos)}); {2 * g} rollouts per batch")
         report[name] = {"gram": gram.tolist(), "mean_cosine": float(np.mean(cos))}
