@@ -40,6 +40,7 @@ import argparse
 import json
 import shutil
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -333,7 +334,9 @@ def plot(curves: dict[str, list[dict]], path: Path, scored_on: str = "72 test pr
         ax.set_ylabel(f"test {metric}" + (" accuracy" if metric == "strict" else ""))
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"shapes world, {scored_on}; band: +- 1 s.e. over training seeds", fontsize=9)
+    # A regime's description is a long sentence: wrap it to the figure's width rather than cut it.
+    title = textwrap.fill(f"shapes world, {scored_on}; band: +- 1 s.e. over training seeds", width=140)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
