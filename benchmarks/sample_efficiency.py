@@ -47,7 +47,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from superflow_lite.rundir import DONE, SAMPLES_DIR, list_sample_steps, read_metrics, read_status, run_state  # noqa: E402
+from superflow_lite.rundir import CONFIG_FILE, DONE, SAMPLES_DIR, list_sample_steps, read_metrics, read_status, run_state  # noqa: E402
 from superflow_lite.stats import Interval, aligned, bootstrap_ratio, paired_bootstrap, read_eval_items  # noqa: E402
 from superflow_lite.train import main as train_main  # noqa: E402
 
@@ -423,10 +423,20 @@ def run_once(run_dir: Path, method: str, seed: int, iterations: int, eval_every:
         raise SystemExit(f"{method} seed {seed} failed with exit code {code}")
 
 
+def continuable(run_dir: Path) -> bool:
+    """A finished run can be trained on to a longer budget only if its learning rate is
+    constant: a decaying one has its horizon in train.iterations, so the longer budget's run
+    differs from the first iteration on."""
+    import yaml
+
+    config = yaml.safe_load((run_dir / CONFIG_FILE).read_text()) or {}
+    return config.get("train", {}).get("lr_schedule", "constant") == "constant"
+
+
 def continue_run(run_dir: Path, iterations: int) -> None:
     """Train a finished run on to `iterations` from its last checkpoint. The learning rate is
-    constant and a resume is bit-exact (tests/test_export_resume.py), so this is the run the
-    longer budget would have made, at the cost of the new iterations only."""
+    constant (`continuable`) and a resume is bit-exact (tests/test_export_resume.py), so this
+    is the run the longer budget would have made, at the cost of the new iterations only."""
     code = train_main(["--resume", str(run_dir), "--no-progress", f"train.iterations={iterations}",
                        f"output.checkpoint_every={iterations}"])
     if code != 0:
@@ -480,7 +490,10 @@ def main() -> int:
                     continue
                 run_once(run_dir, method, seed, args.iterations, args.eval_every, extra, args.regime)
             elif not args.summary_only and read_status(run_dir)["iterations"] < args.iterations:
-                continue_run(run_dir, args.iterations)
+                if continuable(run_dir):
+                    continue_run(run_dir, args.iterations)
+                else:
+                    run_once(run_dir, method, seed, args.iterations, args.eval_every, extra, args.regime)
             c = {**curve(run_dir), "visits": visits(run_dir)}
             curves.setdefault(method, {})[seed] = fresh.setdefault(method, {})[seed] = c
     if fresh:

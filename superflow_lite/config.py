@@ -171,6 +171,13 @@ class TrainConfig:
     """Iterations of sample -> reward -> update; a resume may raise it."""
     lr: float = 3e-4
     """AdamW learning rate of the LoRA (Flow-GRPO on SD3.5-M: 3e-4; the shapes world is tuned to 1e-3)."""
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    """constant: lr at every iteration (Flow-GRPO). cosine: from lr at the first iteration down to
+    lr_final_frac x lr at the last, so a run that has found its gain stops wandering away from
+    it. The cosine's horizon is train.iterations: raising it on a resume changes the rest of the
+    curve (the next iteration's lr is read off the new, longer one)."""
+    lr_final_frac: float = 0.1
+    """The cosine schedule's last lr as a fraction of lr (0 = decay to zero)."""
     weight_decay: float = 1e-4
     """AdamW weight decay of the LoRA (Flow-GRPO: 1e-4)."""
     grad_clip: float = 1.0
@@ -690,6 +697,7 @@ def validate(cfg: Config) -> None:
     _require(sf.m_min <= sf.m_max, f"superflow.m_min ({sf.m_min}) must be <= superflow.m_max ({sf.m_max})")
     _require(0 < sf.rho <= 1, f"superflow.rho must be in (0, 1], got {sf.rho}")
     _require(0 < t.ema_decay < 1, f"train.ema_decay must be in (0, 1), got {t.ema_decay}")
+    _require(0.0 <= t.lr_final_frac <= 1.0, f"train.lr_final_frac must be in [0, 1], got {t.lr_final_frac}")
     _require(t.adv_eps >= 0, f"train.adv_eps must be >= 0, got {t.adv_eps}")
     _require(0.0 <= sf.step_credit_mix <= 1.0, f"superflow.step_credit_mix must be in [0, 1], got {sf.step_credit_mix}")
     _require(1 <= sf.credit_every <= s.num_steps,

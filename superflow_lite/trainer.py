@@ -455,6 +455,9 @@ class Trainer:
         uncond = self.encoder.negative()
         sums: dict[str, float] = {}
         count, grad_norms, skipped = 0, [], 0
+        lr = learning_rate(cfg.train.lr, iteration, cfg.train.iterations, cfg.train.lr_schedule, cfg.train.lr_final_frac)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
         self.transformer.eval()  # no dropout in SD3; keeps 8-bit layers in the mode they sampled in
         for rows_of_minibatch in order.chunk(cfg.train.updates_per_iter):
             minibatch = local_of_row[rows_of_minibatch]
@@ -482,7 +485,7 @@ class Trainer:
         sums, count = self._sum_over_processes(sums, count)
         stats = {f"grpo/{k}": v / max(count, 1) for k, v in sums.items()}
         return {**stats, "grpo/grad_norm": float(np.mean(grad_norms)) if grad_norms else 0.0,
-                "grpo/skipped_steps": skipped}
+                "grpo/skipped_steps": skipped, "train/lr": lr}
 
     def accumulate_gradients(self, minibatch: torch.Tensor, micro_batch: int, rollouts: Rollouts, adv: torch.Tensor,
                              embeds: PromptEmbeds, uncond: PromptEmbeds, schedule: Schedule, steps: list[int],
@@ -772,6 +775,18 @@ def merge_phases(first: Rollouts, second: Rollouts | None, plan: GroupPlan) -> R
         x0_values=None if first.x0_values is None else both(first.x0_values, second.x0_values),
         plan=plan, perf=perf,
     )
+
+
+def learning_rate(lr: float, iteration: int, iterations: int, schedule: str, final_frac: float) -> float:
+    """train.lr_schedule: the learning rate of iteration i (0-based) of N.
+
+    constant: lr. cosine: lr_i = lr (f + (1 - f) (1 + cos(pi i / (N - 1))) / 2), with
+    f = final_frac: lr at the first iteration, f lr at the last. An iteration past N (none
+    is trained) stays at f lr."""
+    if schedule == "constant":
+        return lr
+    progress = min(iteration / max(iterations - 1, 1), 1.0)
+    return lr * (final_frac + (1.0 - final_frac) * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
 def make_optimizer(params: list[torch.nn.Parameter], cfg: Config) -> torch.optim.Optimizer:

@@ -236,15 +236,18 @@ def test_the_regimes_train_their_own_prompts_whatever_the_default_job_trains(ben
 
 def test_a_longer_budget_continues_finished_runs_and_reuses_long_enough_ones(bench, tmp_path, monkeypatch):
     """--iterations above a finished run's own continues it from its checkpoint (never starts
-    it again); a run already at the budget is read as it is."""
+    it again) when its learning rate is constant, and starts it again when it decays (the
+    decay's horizon is the budget); a run already at the budget is read as it is."""
     out = tmp_path / "bench"
-    for method, done_at in (("flow_grpo", 48), ("superflow", 96)):
+    for method, done_at, schedule in (("flow_grpo", 48, "constant"), ("superflow", 96, "constant"),
+                                      ("superflow-probe", 48, "cosine")):
         run = write_run(out / "runs" / f"{method}-s0", {0: flat(0.5), 4: flat(0.6)}, rollouts_per_iter=32, iter_s=1.0)
         (run / "status.json").write_text(json.dumps({"state": "done", "iterations": done_at, "iteration": done_at}))
+        (run / "config.yaml").write_text(f"train:\n  lr: 0.001\n  lr_schedule: {schedule}\n")
     continued, started = [], []
     monkeypatch.setattr(bench, "continue_run", lambda run_dir, iterations: continued.append((run_dir.name, iterations)))
-    monkeypatch.setattr(bench, "run_once", lambda *a, **k: started.append(a))
-    monkeypatch.setattr("sys.argv", ["sample_efficiency.py", "--methods", "flow_grpo", "superflow", "--seeds", "0",
-                                     "--iterations", "96", "--out", str(out)])
+    monkeypatch.setattr(bench, "run_once", lambda run_dir, *a, **k: started.append(run_dir.name))
+    monkeypatch.setattr("sys.argv", ["sample_efficiency.py", "--methods", "flow_grpo", "superflow", "superflow-probe",
+                                     "--seeds", "0", "--iterations", "96", "--out", str(out)])
     assert bench.main() == 0
-    assert continued == [("flow_grpo-s0", 96)] and started == []
+    assert continued == [("flow_grpo-s0", 96)] and started == ["superflow-probe-s0"]

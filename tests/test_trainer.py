@@ -85,6 +85,34 @@ def test_one_iteration_changes_lora_and_logs_metrics(trainer):
     assert np.isfinite(row["grpo/loss"])
 
 
+def test_the_learning_rate_schedules():
+    """train.lr_schedule: constant is lr throughout; cosine runs from lr at the first iteration to
+    lr_final_frac x lr at the last, through their mean halfway, never rising."""
+    from superflow_lite.trainer import learning_rate
+
+    assert [learning_rate(1e-3, i, 9, "constant", 0.1) for i in (0, 4, 8)] == [1e-3] * 3
+    cosine = [learning_rate(1e-3, i, 9, "cosine", 0.1) for i in range(9)]
+    assert cosine[0] == pytest.approx(1e-3) and cosine[-1] == pytest.approx(1e-4)
+    assert cosine[4] == pytest.approx(0.55e-3)  # cos(pi / 2) = 0: halfway between lr and f lr
+    assert cosine[2] == pytest.approx(1e-4 + 0.9e-3 * (1 + np.cos(np.pi / 4)) / 2)
+    assert all(a > b for a, b in zip(cosine, cosine[1:]))
+    assert learning_rate(1e-3, 12, 9, "cosine", 0.1) == pytest.approx(1e-4)
+
+
+def test_the_optimizer_steps_at_the_scheduled_learning_rate(make_trainer):
+    """A cosine to zero over 2 iterations: the first trains at lr, the second at 0 and so leaves
+    the LoRA exactly as it was (AdamW's step and its weight decay both scale with lr)."""
+    trainer = make_trainer("train.lr_schedule=cosine", "train.lr_final_frac=0", "train.iterations=2")
+    lora = lambda: {n: p.detach().clone() for n, p in trainer.base_model.named_parameters() if p.requires_grad}
+    before = lora()
+    first = trainer.train_iteration(0)
+    after_first = lora()
+    second = trainer.train_iteration(1)
+    assert first["train/lr"] == trainer.cfg.train.lr and second["train/lr"] == 0.0
+    assert any(not torch.equal(before[n], after_first[n]) for n in before)
+    assert all(torch.equal(after_first[n], p) for n, p in lora().items())
+
+
 def test_the_samplers_cap_is_the_configs_or_else_the_memory_plans(make_trainer):
     set_by_hand = make_trainer("batch.rollout_cap=6")
     assert set_by_hand.sampler.rollout_cap == 6
