@@ -261,7 +261,8 @@ def build_checked_reward(cfg: Config):
 
 
 def check_prompts(cfg: Config, reward) -> None:
-    """Load the prompts and ask the reward whether it can read each one."""
+    """Load the prompts, ask the reward whether it can read each one, and check that the RL pool
+    has the distinct prompts an iteration draws."""
     from .prompts import load_prompts
 
     prompt_set = load_prompts(cfg.prompts)
@@ -272,6 +273,13 @@ def check_prompts(cfg: Config, reward) -> None:
             raise UsageError(
                 f"{key}: the {reward.name!r} reward cannot score {len(problems)} of its {len(split)} prompts, "
                 f"e.g. {echo(prompt)} ({shorten(why, 200)}); give prompts written for it, or another reward")
+    distinct = len(set(prompt_set.train))
+    if distinct < cfg.batch.prompts_per_iter:
+        # Each iteration draws batch.prompts_per_iter different prompts; the sampler would refuse
+        # at the first iteration, after the run folder exists.
+        raise UsageError(f"prompts.source has {distinct} distinct prompt{'s' * (distinct != 1)}, fewer than "
+                         f"batch.prompts_per_iter={cfg.batch.prompts_per_iter} drawn each iteration; "
+                         f"set batch.prompts_per_iter={distinct} or add prompts")
 
 
 # ---------------------------------------------------------------------- LoRA targets

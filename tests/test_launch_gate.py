@@ -122,6 +122,8 @@ CASES = [
     ("prompts-missing", [*TINY, "prompts.source=missing.txt"], "prompts.source 'missing.txt' does not exist"),
     ("prompts-unknown-set", [*TINY, "prompts.source=nope"], "neither a built-in set"),
     ("prompts-empty", [*TINY, "prompts.source={file:empty.txt}"], "holds no prompts"),
+    ("prompts-fewer-than-drawn", [*TINY, "prompts.source={file:one.txt}"],
+     "prompts.source has 1 distinct prompt, fewer than batch.prompts_per_iter=2"),
     ("prompts-binary", [*TINY, "prompts.source={file:binary.txt}"], "is not UTF-8 text"),
     ("prompts-unparseable", [*TINY, "prompts.source={file:free.txt}"], "the 'shapes' reward cannot score 2 of its 2"),
     ("prompts-line-5mb", [*TINY, "prompts.source={file:long.txt}"], "line 2 is 5,000,000 characters long"),
@@ -191,6 +193,7 @@ CASES = [
 
 def prepare_files(folder: Path) -> None:
     (folder / "empty.txt").write_text("\n  \n")
+    (folder / "one.txt").write_text("a photo of two green triangles\na photo of two green triangles\n")
     (folder / "binary.txt").write_bytes(b"\xff\xfe\x00\x89PNG\x00" * 8)
     (folder / "binary.yaml").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\xff")
     (folder / "free.txt").write_text("hello world\na cat on the moon\n")
