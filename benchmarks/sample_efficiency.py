@@ -227,6 +227,10 @@ def summarise(by_seed: dict[str, dict[int, dict]], reference: str = REFERENCE, t
                 m[f"{metric}_gain"] = paired_bootstrap(at_budget, base).__dict__
                 m[f"{metric}_at_budget"] = paired_bootstrap(at_budget).__dict__
                 m[f"{metric}_auc"] = paired_bootstrap(np.stack([items_auc(c, metric, budget) for c in runs])).__dict__
+            # Is a run's end above where it started? Its final evaluation against step 0 (the
+            # gain columns above are at the equal-rollout budget), paired by seed and item.
+            m["reward_final_gain"] = paired_bootstrap(np.stack([c["reward_items"][-1] for c in runs]),
+                                                      np.stack([c["reward_items"][0] for c in runs])).__dict__
             # Has the curve flattened? Its own last LATE_ROLLOUTS, paired by seed and item.
             m["reward_late_gain"] = paired_bootstrap(
                 np.stack([items_at(c, "reward", c["rollouts"][-1]) for c in runs]),
@@ -298,8 +302,8 @@ def table(summary: dict) -> str:
         f"rollouts ratio to {ref} | seconds ratio to {ref} | reward vs {ref} at equal rollouts | "
         f"strict vs {ref} at equal rollouts | reward AUC vs {ref} | seconds per rollout ratio (side by side only) | "
         "x0 scoring share of its time | extra sampling passes | rollouts on groups with zero reward spread | "
-        f"reward gain over its last {LATE_ROLLOUTS} rollouts |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"reward gain over its last {LATE_ROLLOUTS} rollouts | final reward over base |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for method, m in summary["methods"].items():
         lines.append(
@@ -310,7 +314,7 @@ def table(summary: dict) -> str:
             f"{fmt(m.get('strict_vs_reference'))} | {fmt(m.get('reward_auc_vs_reference'))} | "
             f"{fmt(m.get('seconds_per_rollout_ratio'), 2, False)} | {_share(m.get('credit_share'))} | "
             f"{_count(m.get('extra_sample_batches'))} | {_share(m.get('zero_spread_share'))} | "
-            f"{fmt(m.get('reward_late_gain'))} |")
+            f"{fmt(m.get('reward_late_gain'))} | {fmt(m.get('reward_final_gain'))} |")
     return "\n".join(lines)
 
 

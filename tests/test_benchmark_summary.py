@@ -111,6 +111,18 @@ def test_summary_pairs_methods_by_seed_and_item(bench, tmp_path, monkeypatch):
     assert late["fast"]["reward_late_gain"]["mean"] == pytest.approx(0.05)
 
 
+def test_the_final_gain_is_a_runs_end_against_its_start_not_the_gain_at_equal_rollouts(bench, tmp_path):
+    """A longer run that rises and falls back: its gain at the shorter run's budget is where its
+    curve passes that budget, its final gain is its last evaluation against step 0."""
+    by_seed = {"flow_grpo": {0: bench.curve(write_run(tmp_path / "long", {0: flat(0.4), 4: flat(0.7), 12: flat(0.5)}, 32, 1.0))},
+               "short": {0: bench.curve(write_run(tmp_path / "short", {0: flat(0.4), 8: flat(0.6)}, 32, 1.0))}}
+    methods = bench.summarise(by_seed, "flow_grpo")["methods"]
+    assert methods["flow_grpo"]["reward_gain"]["mean"] == pytest.approx(0.2)  # at 256 rollouts: 0.7 -> 0.5 halfway
+    assert methods["flow_grpo"]["reward_final_gain"]["mean"] == pytest.approx(0.1)
+    assert methods["short"]["reward_final_gain"]["mean"] == pytest.approx(0.2)
+    assert "| final reward over base |" in bench.table(bench.summarise(by_seed, "flow_grpo"))
+
+
 def test_a_target_the_base_already_meets_has_no_rollouts_to_target(bench, tmp_path):
     flat_runs = {m: {0: bench.curve(write_run(tmp_path / m, {0: flat(0.6), 4: flat(0.55)}, 32, 1.0))}
                  for m in ("flow_grpo", "other")}
