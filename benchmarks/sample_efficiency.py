@@ -229,8 +229,9 @@ def summarise(by_seed: dict[str, dict[int, dict]], reference: str = REFERENCE, t
                 m[f"{metric}_auc"] = paired_bootstrap(np.stack([items_auc(c, metric, budget) for c in runs])).__dict__
             # Is a run's end above where it started? Its final evaluation against step 0 (the
             # gain columns above are at the equal-rollout budget), paired by seed and item.
-            m["reward_final_gain"] = paired_bootstrap(np.stack([c["reward_items"][-1] for c in runs]),
-                                                      np.stack([c["reward_items"][0] for c in runs])).__dict__
+            for metric in ("reward", "strict"):
+                m[f"{metric}_final_gain"] = paired_bootstrap(np.stack([c[f"{metric}_items"][-1] for c in runs]),
+                                                             np.stack([c[f"{metric}_items"][0] for c in runs])).__dict__
             # Has the curve flattened? Its own last LATE_ROLLOUTS, paired by seed and item.
             m["reward_late_gain"] = paired_bootstrap(
                 np.stack([items_at(c, "reward", c["rollouts"][-1]) for c in runs]),
