@@ -80,3 +80,11 @@ def test_an_exported_lora_scores_as_the_run_evaluated_it(regime_map, rates, tmp_
     assert regime_map.main(["--pools", "1", "--seeds", "0", "--iterations", "2", "--eval-every", "1",
                             "--out", str(out)]) == 0
     assert (run / "heldout" / "000002" / "index.json").stat().st_mtime_ns == stamp
+    # A larger budget continues the finished run from its checkpoint: the first steps stay as
+    # they were, the new one is trained, evaluated and scored.
+    first_rows = (run / "metrics.jsonl").read_text()
+    assert regime_map.main(["--pools", "1", "--seeds", "0", "--iterations", "3", "--eval-every", "1",
+                            "--out", str(out)]) == 0
+    assert (run / "metrics.jsonl").read_text().startswith(first_rows)
+    assert (run / "heldout" / "000002" / "index.json").stat().st_mtime_ns == stamp
+    assert regime_map.run_points(run, out / "heldout_base")["steps"] == [0, 1, 2, 3]
