@@ -214,6 +214,7 @@ def summarise(by_seed: dict[str, dict[int, dict]], reference: str = REFERENCE, t
             "final_reward": [float(c["reward"][-1]) for c in runs],
             "final_strict": [float(c["strict"][-1]) for c in runs],
             "reward_curve_mean": np.mean([c["reward"] for c in runs], axis=0).tolist() if _same_grid(runs) else None,
+            "reward_by_prompt": reward_by_prompt(runs),
             "credit_share": float(np.mean([c.get("credit_share", np.nan) for c in runs])),
             "zero_spread_share": float(np.mean([c.get("zero_spread_share", np.nan) for c in runs])),
             "extra_sample_batches": float(np.mean([c.get("extra_sample_batches", np.nan) for c in runs])),
@@ -261,6 +262,27 @@ def summarise(by_seed: dict[str, dict[int, dict]], reference: str = REFERENCE, t
                     m[f"{metric}_auc_vs_reference"] = paired_bootstrap(mine_auc, ref_auc).__dict__
         out["methods"][method] = m
     return out
+
+
+def reward_by_prompt(runs: list[dict]) -> dict[str, list[float]] | None:
+    """Each evaluated prompt's mean reward at each evaluation (over training and noise seeds):
+    which prompts a curve's rise and fall come from. None when the runs kept no per-item scores
+    or evaluated a different number of times."""
+    if len({len(c["reward"]) for c in runs}) != 1 or not all(c["reward_items"].size for c in runs):
+        return None
+    prompts = sorted({prompt for c in runs for prompt, _ in c["items"]})
+    per_run = [{p: c["reward_items"][:, [k for k, (q, _) in enumerate(c["items"]) if q == p]].mean(axis=1)
+                for p in prompts} for c in runs]
+    return {p: np.mean([r[p] for r in per_run], axis=0).tolist() for p in prompts}
+
+
+def prompt_table(summary: dict) -> str:
+    """Per method and prompt: the mean reward at step 0, at its highest evaluation, and at the end."""
+    lines = ["| method | prompt | base | highest evaluation | final |", "|---|---|---|---|---|"]
+    for method, m in summary["methods"].items():
+        for prompt, rewards in (m.get("reward_by_prompt") or {}).items():
+            lines.append(f"| {method} | {prompt} | {rewards[0]:.3f} | {max(rewards):.3f} | {rewards[-1]:.3f} |")
+    return "\n".join(lines)
 
 
 def _same_grid(runs: list[dict]) -> bool:
@@ -513,12 +535,13 @@ def main() -> int:
     suffix = "" if args.reference == REFERENCE else f"_vs_{args.reference}"
     (args.out / f"summary{suffix}.json").write_text(json.dumps(summary, indent=1))
     (args.out / f"table{suffix}.md").write_text(table(summary) + "\n")
+    (args.out / f"table_by_prompt{suffix}.md").write_text(prompt_table(summary) + "\n")
     if suffix:
         print(table(summary))
         return 0
     scored_on = (f"{args.regime} regime: {REGIMES[args.regime]}" if args.regime else
                  f"recurring pool of {args.pool} train prompts, scored on them x {args.pool_seeds} seeds"
-                 if args.pool else "72 test prompts x 4 seeds")
+                 if args.pool else "72 test prompts x 4 seeds") + "".join(f"; {o}" for o in args.set)
     plot({m: list(runs.values()) for m, runs in curves.items()}, args.out / "curves.png", scored_on)
     print(table(summary))
     return 0

@@ -123,6 +123,19 @@ def test_the_final_gain_is_a_runs_end_against_its_start_not_the_gain_at_equal_ro
     assert "| final reward over base |" in bench.table(bench.summarise(by_seed, "flow_grpo"))
 
 
+def test_each_prompts_curve_is_its_items_mean_over_seeds(bench, tmp_path):
+    """reward_by_prompt: prompt 0 rises and falls back, the others stay; two training seeds."""
+    def scores(rise: float) -> list[float]:
+        return [0.5 + (rise if p == "prompt 0" else 0.0) for p, _ in ITEMS]
+
+    runs = {"flow_grpo": {s: bench.curve(write_run(tmp_path / f"r{s}", {0: scores(0), 4: scores(0.2 + 0.2 * s), 8: scores(0.1)},
+                                                   32, 1.0)) for s in (0, 1)}}
+    summary = bench.summarise(runs, "flow_grpo")
+    by_prompt = summary["methods"]["flow_grpo"]["reward_by_prompt"]
+    assert by_prompt["prompt 0"] == pytest.approx([0.5, 0.8, 0.6]) and by_prompt["prompt 3"] == pytest.approx([0.5] * 3)
+    assert "| flow_grpo | prompt 0 | 0.500 | 0.800 | 0.600 |" in bench.prompt_table(summary)
+
+
 def test_a_target_the_base_already_meets_has_no_rollouts_to_target(bench, tmp_path):
     flat_runs = {m: {0: bench.curve(write_run(tmp_path / m, {0: flat(0.6), 4: flat(0.55)}, 32, 1.0))}
                  for m in ("flow_grpo", "other")}
