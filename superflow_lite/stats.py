@@ -62,11 +62,18 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray | None = None, *, resamples: i
         raise ValueError(f"expected a non-empty [items] or [runs, items] table, got shape {d.shape}")
     rng = np.random.default_rng(seed)
     runs, items = d.shape
-    out = np.empty(resamples)
-    for k in range(resamples):
-        rows = rng.integers(0, runs, runs) if runs > 1 else np.zeros(1, dtype=np.int64)
-        cols = rng.integers(0, items, items)
-        out[k] = d[np.ix_(rows, cols)].mean()
+    rows = np.zeros((resamples, runs), dtype=np.int64)
+    cols = np.empty((resamples, items), dtype=np.int64)
+    for k in range(resamples):  # drawn one resample at a time: the stream, so every interval, stays as it was
+        if runs > 1:
+            rows[k] = rng.integers(0, runs, runs)
+        cols[k] = rng.integers(0, items, items)
+    # The mean of d[rows_k][:, cols_k] is w_k^T d v_k / (runs items), with w_k and v_k the times
+    # each run and each item was drawn: one product for all resamples instead of a gather each.
+    row_counts = np.bincount((rows + runs * np.arange(resamples)[:, None]).ravel(), minlength=resamples * runs)
+    col_counts = np.bincount((cols + items * np.arange(resamples)[:, None]).ravel(), minlength=resamples * items)
+    out = np.einsum("kr,ri,ki->k", row_counts.reshape(resamples, runs).astype(np.float64), d,
+                    col_counts.reshape(resamples, items).astype(np.float64)) / (runs * items)
     return _percentiles(out, d.mean(), alpha)
 
 

@@ -161,6 +161,19 @@ def test_paired_bootstrap_intervals():
     assert ratio.mean == pytest.approx(0.5) and ratio.low == pytest.approx(0.5)  # the NaN run left out
 
 
+def test_the_bootstrap_means_are_those_of_the_resampled_tables():
+    """Each resample's mean, computed from how often each run and item was drawn, is the mean of
+    the resampled table itself (the same draws, one resample at a time)."""
+    d = np.random.default_rng(3).normal(size=(3, 7))
+    rng = np.random.default_rng(0)
+    direct = []
+    for _ in range(200):
+        rows, cols = rng.integers(0, 3, 3), rng.integers(0, 7, 7)
+        direct.append(d[np.ix_(rows, cols)].mean())
+    got = paired_bootstrap(d, resamples=200, alpha=0.2)
+    assert (got.low, got.high) == pytest.approx(tuple(np.percentile(direct, [10, 90])), abs=1e-12)
+
+
 def test_eval_items_pair_on_common_keys(tmp_path):
     for name, rows in {"a": [("p", 0, 1.0), ("p", 1, 0.0), ("q", 0, 0.5)], "b": [("q", 0, 0.2), ("p", 0, 0.4)]}.items():
         d = tmp_path / name
