@@ -30,7 +30,6 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from superflow_lite.rundir import CONFIG_FILE, DONE, SAMPLES_DIR, list_checkpoints, list_intermediate_loras, read_status, run_state  # noqa: E402
 from superflow_lite.stats import aligned, paired_bootstrap, read_eval_items  # noqa: E402

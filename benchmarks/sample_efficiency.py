@@ -454,9 +454,9 @@ def continuable(run_dir: Path) -> bool:
     """A finished run can be trained on to a longer budget only if its learning rate is
     constant: a decaying one has its horizon in train.iterations, so the longer budget's run
     differs from the first iteration on."""
-    import yaml
+    from superflow_lite.config import load_yaml
 
-    config = yaml.safe_load((run_dir / CONFIG_FILE).read_text()) or {}
+    config = load_yaml((run_dir / CONFIG_FILE).read_text()) or {}
     return config.get("train", {}).get("lr_schedule", "constant") == "constant"
 
 
