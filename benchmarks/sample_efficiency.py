@@ -32,7 +32,9 @@ between runs that ran side by side.
 
 Writes <out>/runs/<method>-s<seed>/ (ordinary run directories), <out>/summary.json, the
 curves to <out>/curves.png and the Markdown table for benchmarks/RESULTS.md to <out>/table.md
-(and prints it); with --reference M, summary_vs_M.json and table_vs_M.md instead.
+(and prints it), and per prompt to <out>/table_by_prompt.md (each prompt's curve, and its final
+reward against the reference's); with --reference M, summary_vs_M.json, table_vs_M.md and
+table_by_prompt_vs_M.md instead.
 """
 from __future__ import annotations
 
@@ -260,8 +262,32 @@ def summarise(by_seed: dict[str, dict[int, dict]], reference: str = REFERENCE, t
                     mine_auc = np.stack([items_auc(c, metric, budget) for c in runs])
                     ref_auc = np.stack([items_auc(c, metric, budget) for c in ref_runs])
                     m[f"{metric}_auc_vs_reference"] = paired_bootstrap(mine_auc, ref_auc).__dict__
+                m["final_by_prompt_vs_reference"] = final_by_prompt(runs, ref_runs)
         out["methods"][method] = m
     return out
+
+
+SOLVED_AT_BASE = 0.99
+"""A prompt whose base-model reward (step 0, mean over the reference's runs and its noise seeds)
+is at least this is solved from the start: the mixed regimes' single objects score 1.000."""
+SOLVED_GROUP = "prompts solved at the base"
+
+
+def final_by_prompt(runs: list[dict], ref_runs: list[dict]) -> dict[str, dict]:
+    """Where a difference at the end comes from: per prompt, and for the prompts solved at the
+    base together, the final evaluation's reward minus the reference's, paired by training seed
+    and item. runs and ref_runs: the same seeds in the same order, scored on the same items."""
+    items = ref_runs[0]["items"]
+    if any(c["items"] != items for c in (*runs, *ref_runs)):
+        raise ValueError("the runs were scored on different items: nothing to pair")
+    mine = np.stack([c["reward_items"][-1] for c in runs])
+    ref = np.stack([c["reward_items"][-1] for c in ref_runs])
+    base = np.mean([c["reward_items"][0] for c in ref_runs], axis=0)
+    groups = {p: [k for k, (q, _) in enumerate(items) if q == p] for p in sorted({q for q, _ in items})}
+    solved = [k for cols in groups.values() if base[cols].mean() >= SOLVED_AT_BASE for k in cols]
+    if solved:
+        groups[SOLVED_GROUP] = solved
+    return {name: paired_bootstrap(mine[:, cols], ref[:, cols]).__dict__ for name, cols in groups.items()}
 
 
 def reward_by_prompt(runs: list[dict]) -> dict[str, list[float]] | None:
@@ -277,11 +303,19 @@ def reward_by_prompt(runs: list[dict]) -> dict[str, list[float]] | None:
 
 
 def prompt_table(summary: dict) -> str:
-    """Per method and prompt: the mean reward at step 0, at its highest evaluation, and at the end."""
-    lines = ["| method | prompt | base | highest evaluation | final |", "|---|---|---|---|---|"]
+    """Per method and prompt: the mean reward at step 0, at its highest evaluation, and at the end,
+    and the final reward against the reference's (paired); then the prompts solved at the base
+    together, against the reference."""
+    ref = summary["reference"]
+    lines = [f"| method | prompt | base | highest evaluation | final | final vs {ref} |", "|---|---|---|---|---|---|"]
     for method, m in summary["methods"].items():
+        versus = m.get("final_by_prompt_vs_reference") or {}
         for prompt, rewards in (m.get("reward_by_prompt") or {}).items():
-            lines.append(f"| {method} | {prompt} | {rewards[0]:.3f} | {max(rewards):.3f} | {rewards[-1]:.3f} |")
+            lines.append(f"| {method} | {prompt} | {rewards[0]:.3f} | {max(rewards):.3f} | {rewards[-1]:.3f} | "
+                         f"{fmt(versus.get(prompt))} |")
+        if SOLVED_GROUP in versus:
+            lines.append(f"| {method} | {SOLVED_GROUP} (base reward >= {SOLVED_AT_BASE}) | | | | "
+                         f"{fmt(versus[SOLVED_GROUP])} |")
     return "\n".join(lines)
 
 

@@ -133,7 +133,29 @@ def test_each_prompts_curve_is_its_items_mean_over_seeds(bench, tmp_path):
     summary = bench.summarise(runs, "flow_grpo")
     by_prompt = summary["methods"]["flow_grpo"]["reward_by_prompt"]
     assert by_prompt["prompt 0"] == pytest.approx([0.5, 0.8, 0.6]) and by_prompt["prompt 3"] == pytest.approx([0.5] * 3)
-    assert "| flow_grpo | prompt 0 | 0.500 | 0.800 | 0.600 |" in bench.prompt_table(summary)
+    assert "| flow_grpo | prompt 0 | 0.500 | 0.800 | 0.600 | n/a |" in bench.prompt_table(summary)
+
+
+def test_a_final_difference_is_traced_to_its_prompts_and_to_the_solved_ones(bench, tmp_path):
+    """final_by_prompt: prompts 0 and 1 start solved (1.0); the method ends 0.1 lower on prompt 0
+    and 0.2 higher on prompt 3 than the reference, the same on the rest; paired by seed."""
+    def scores(at: dict[str, float], rest: float = 0.5) -> list[float]:
+        return [at.get(p, rest) for p, _ in ITEMS]
+
+    solved = {"prompt 0": 1.0, "prompt 1": 1.0}
+    runs = {m: {s: bench.curve(write_run(tmp_path / f"{m}{s}", {0: scores(solved), 4: scores(final)}, 32, 1.0))
+                for s in (0, 1)}
+            for m, final in (("flow_grpo", {**solved, "prompt 3": 0.6}),
+                             ("other", {"prompt 0": 0.9, "prompt 1": 1.0, "prompt 3": 0.8}))}
+    summary = bench.summarise(runs, "flow_grpo")
+    versus = summary["methods"]["other"]["final_by_prompt_vs_reference"]
+    assert versus["prompt 0"]["mean"] == pytest.approx(-0.1) and versus["prompt 3"]["mean"] == pytest.approx(0.2)
+    assert versus["prompt 2"]["mean"] == pytest.approx(0.0)
+    assert versus[bench.SOLVED_GROUP]["mean"] == pytest.approx(-0.05)  # prompts 0 and 1 only
+    table = bench.prompt_table(summary)
+    assert "| other | prompt 3 | 0.500 | 0.800 | 0.800 | +0.200 [+0.200, +0.200] |" in table
+    assert f"| other | {bench.SOLVED_GROUP} (base reward >= {bench.SOLVED_AT_BASE}) | | | | -0.050" in table
+    assert "final_by_prompt_vs_reference" not in summary["methods"]["flow_grpo"]
 
 
 def test_a_target_the_base_already_meets_has_no_rollouts_to_target(bench, tmp_path):
