@@ -58,6 +58,12 @@ METHODS: dict[str, list[str]] = {
     # Flow-GRPO at the learning rate its own validation runs pick in the focused regime
     # (results/regime_focused_val/PROTOCOL.md): the control for SuperFlow's step weights.
     "flow_grpo-lr4e-3": ["algorithm=flow_grpo", "train.lr=4e-3"],
+    # 4x the rollouts per optimizer step at two larger step sizes, the LoRA EMA's horizon in
+    # rollouts kept (0.95^4 per step): results/batch_size/PROTOCOL.md.
+    "flow_grpo-batch4x-lr4e-3": ["algorithm=flow_grpo", "batch.group_size=64", "batch.rollout_cap=128",
+                                 "train.lr=4e-3", "train.ema_decay=0.8145"],
+    "flow_grpo-batch4x-lr8e-3": ["algorithm=flow_grpo", "batch.group_size=64", "batch.rollout_cap=128",
+                                 "train.lr=8e-3", "train.ema_decay=0.8145"],
     "superflow": ["algorithm=superflow"],
     "superflow-no-dynamic-groups": ["algorithm=superflow", "superflow.dynamic_groups=false"],
     "superflow-no-step-weights": ["algorithm=superflow", "superflow.step_weights=none"],
