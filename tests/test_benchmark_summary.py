@@ -311,3 +311,18 @@ def test_a_longer_budget_continues_finished_runs_and_reuses_long_enough_ones(ben
                                      "--seeds", "0", "--iterations", "96", "--out", str(out)])
     assert bench.main() == 0
     assert continued == [("flow_grpo-s0", 96)] and started == ["superflow-probe-s0"]
+
+
+@pytest.mark.parametrize("method", list(load_benchmark("sample_efficiency").METHODS))
+def test_every_benchmark_method_is_a_valid_config_of_its_algorithm(bench, method):
+    """A method's overrides on the regimes' preset resolve and validate; the larger-batch
+    settings keep the 4x ratio of rollouts per optimizer step and the EMA's horizon in rollouts."""
+    from superflow_lite.config import build_config
+
+    cfg = build_config("tiny-focus", overrides=list(bench.METHODS[method]))
+    assert cfg.algorithm == method.split("-")[0]
+    if "batch4x" in method:
+        default = build_config("tiny-focus", overrides=list(bench.METHODS["flow_grpo"]))
+        assert cfg.batch.rollout_cap == 4 * default.batch.rollout_cap
+        assert cfg.batch.group_size * cfg.batch.prompts_per_iter == cfg.batch.rollout_cap
+        assert cfg.train.ema_decay == pytest.approx(default.train.ema_decay ** 4, abs=1e-4)
