@@ -325,6 +325,21 @@ def prompt_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def titled(override: str) -> str:
+    """An override as the plot's title names it: a run of consecutive evaluation seeds as its
+    range, marked as replacing the regime's own."""
+    key, _, value = override.partition("=")
+    if key != "prompts.eval_seeds":
+        return override
+    try:
+        seeds = [int(v) for v in value.strip("[] ").split(",")]
+    except ValueError:
+        return override
+    if seeds != list(range(seeds[0], seeds[0] + len(seeds))):
+        return override
+    return f"evaluated at seeds {seeds[0]}-{seeds[-1]} instead"
+
+
 def _same_grid(runs: list[dict]) -> bool:
     return len({tuple(c["rollouts"]) for c in runs}) == 1
 
@@ -581,7 +596,7 @@ def main() -> int:
         return 0
     scored_on = (f"{args.regime} regime: {REGIMES[args.regime]}" if args.regime else
                  f"recurring pool of {args.pool} train prompts, scored on them x {args.pool_seeds} seeds"
-                 if args.pool else "72 test prompts x 4 seeds") + "".join(f"; {o}" for o in args.set)
+                 if args.pool else "72 test prompts x 4 seeds") + "".join(f"; {titled(o)}" for o in args.set)
     plot({m: list(runs.values()) for m, runs in curves.items()}, args.out / "curves.png", scored_on)
     print(table(summary))
     return 0

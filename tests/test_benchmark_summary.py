@@ -326,3 +326,9 @@ def test_every_benchmark_method_is_a_valid_config_of_its_algorithm(bench, method
         assert cfg.batch.rollout_cap == 4 * default.batch.rollout_cap
         assert cfg.batch.group_size * cfg.batch.prompts_per_iter == cfg.batch.rollout_cap
         assert cfg.train.ema_decay == pytest.approx(default.train.ema_decay ** 4, abs=1e-4)
+
+
+def test_the_plot_title_names_replaced_evaluation_seeds_as_a_range(bench):
+    assert bench.titled("prompts.eval_seeds=[2000,2001,2002,2003]") == "evaluated at seeds 2000-2003 instead"
+    assert bench.titled("prompts.eval_seeds=[5,9]") == "prompts.eval_seeds=[5,9]"
+    assert bench.titled("train.lr_schedule=cosine") == "train.lr_schedule=cosine"
