@@ -60,10 +60,8 @@ METHODS: dict[str, list[str]] = {
     "flow_grpo-lr4e-3": ["algorithm=flow_grpo", "train.lr=4e-3"],
     # 4x the rollouts per optimizer step at two larger step sizes, the LoRA EMA's horizon in
     # rollouts kept (0.95^4 per step): results/batch_size/PROTOCOL.md.
-    "flow_grpo-batch4x-lr4e-3": ["algorithm=flow_grpo", "batch.group_size=64", "batch.rollout_cap=128",
-                                 "train.lr=4e-3", "train.ema_decay=0.8145"],
-    "flow_grpo-batch4x-lr8e-3": ["algorithm=flow_grpo", "batch.group_size=64", "batch.rollout_cap=128",
-                                 "train.lr=8e-3", "train.ema_decay=0.8145"],
+    **{f"flow_grpo-batch4x-lr{lr}": ["algorithm=flow_grpo", "batch.group_size=64", "batch.rollout_cap=128",
+                                     f"train.lr={lr}", "train.ema_decay=0.8145"] for lr in ("4e-3", "8e-3")},
     "superflow": ["algorithm=superflow"],
     "superflow-no-dynamic-groups": ["algorithm=superflow", "superflow.dynamic_groups=false"],
     "superflow-no-step-weights": ["algorithm=superflow", "superflow.step_weights=none"],
@@ -289,7 +287,7 @@ def final_by_prompt(runs: list[dict], ref_runs: list[dict]) -> dict[str, dict]:
     mine = np.stack([c["reward_items"][-1] for c in runs])
     ref = np.stack([c["reward_items"][-1] for c in ref_runs])
     base = np.mean([c["reward_items"][0] for c in ref_runs], axis=0)
-    groups = {p: [k for k, (q, _) in enumerate(items) if q == p] for p in sorted({q for q, _ in items})}
+    groups = columns_by_prompt(items)
     solved = [k for cols in groups.values() if base[cols].mean() >= SOLVED_AT_BASE for k in cols]
     if solved:
         groups[SOLVED_GROUP] = solved
@@ -303,9 +301,14 @@ def reward_by_prompt(runs: list[dict]) -> dict[str, list[float]] | None:
     if len({len(c["reward"]) for c in runs}) != 1 or not all(c["reward_items"].size for c in runs):
         return None
     prompts = sorted({prompt for c in runs for prompt, _ in c["items"]})
-    per_run = [{p: c["reward_items"][:, [k for k, (q, _) in enumerate(c["items"]) if q == p]].mean(axis=1)
-                for p in prompts} for c in runs]
+    per_run = [{p: c["reward_items"][:, cols].mean(axis=1) for p, cols in columns_by_prompt(c["items"]).items()}
+               for c in runs]
     return {p: np.mean([r[p] for r in per_run], axis=0).tolist() for p in prompts}
+
+
+def columns_by_prompt(items: list[tuple[str, int]]) -> dict[str, list[int]]:
+    """Each prompt's columns in a [.., items] table, prompts sorted."""
+    return {p: [k for k, (q, _) in enumerate(items) if q == p] for p in sorted({q for q, _ in items})}
 
 
 def prompt_table(summary: dict) -> str:
