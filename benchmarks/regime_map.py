@@ -16,7 +16,10 @@ iterations than --iterations is continued (the learning rate is constant and a r
 bit-exact), so the budget can grow across sessions.
 
 Output in --out: pool_<name>.txt, heldout.txt, runs/<pool>-s<seed>/ (the run, and heldout/<step>/
-with the held-out images and index.json), heldout_base/, summary.json, table.md, map.png.
+with the held-out images and index.json), heldout_base/, points/<pool>-s<seed>.json (a run's
+per-image scores at every scored step: the raw results, committed, so the summary can be
+re-read and the map grown across machines without the run directories), summary.json,
+table.md, map.png.
 """
 from __future__ import annotations
 
@@ -48,6 +51,7 @@ EVAL_SEED0 = 1000         # the pool's evaluation seeds start here (no rollout d
 HELDOUT_PROMPTS = 16      # validation prompts of the same skills, never trained on
 HELDOUT_SEEDS = list(range(1000, 1008))
 HELDOUT_DIR = "heldout"
+POINTS_DIR = "points"
 METHOD = ["algorithm=flow_grpo"]
 
 
@@ -200,6 +204,33 @@ def run_points(run_dir: Path, base_heldout: Path) -> dict:
     return out
 
 
+def save_points(path: Path, points: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({k: np.asarray(v).tolist() for k, v in points.items()}))
+
+
+def load_points(path: Path) -> dict:
+    raw = json.loads(path.read_text())
+    return {k: (v if k in ("steps", "rollouts") else np.asarray(v, dtype=float)) for k, v in raw.items()}
+
+
+def refresh_points(out: Path, run_dirs: list[Path]) -> None:
+    """Write points/<run>.json for every run on this machine whose held-out base is scored:
+    the run directory is the source while it exists, the points file after. A run retrained
+    from scratch on another machine is the same run bit for bit, so a file that already holds
+    more scored steps than the run directory is kept, not shortened."""
+    base = out / f"{HELDOUT_DIR}_base"
+    if not (base / "index.json").exists():
+        return
+    for run_dir in run_dirs:
+        path = out / POINTS_DIR / f"{run_dir.name}.json"
+        if not (run_dir / CONFIG_FILE).exists():
+            continue
+        points = run_points(run_dir, base)
+        if not path.exists() or len(load_points(path)["steps"]) <= len(points["steps"]):
+            save_points(path, points)
+
+
 def summarise(points: dict[str, list[dict]], pool_sizes: dict[str, int]) -> dict:
     """Per pool and evaluation step common to its runs: rollouts per prompt and the gain over
     step 0 on the pool and on the held-out prompts, strict accuracy and reward, with a 95%
@@ -290,12 +321,12 @@ def main(argv: list[str] | None = None) -> int:
                 train(runs[pool][seed_index], seed, args.iterations, args.eval_every,
                       [*pool_overrides(args.out, pool, prompts[pool]), *args.set])
         score_heldout(args.out, [d for dirs in runs.values() for d in dirs], heldout, HELDOUT_SEEDS)
-    points = {pool: [run_points(d, args.out / f"{HELDOUT_DIR}_base") for d in dirs
-                     if (d / CONFIG_FILE).exists() and (args.out / f"{HELDOUT_DIR}_base" / "index.json").exists()]
+    refresh_points(args.out, [d for dirs in runs.values() for d in dirs])
+    points = {pool: [load_points(f) for d in dirs if (f := args.out / POINTS_DIR / f"{d.name}.json").exists()]
               for pool, dirs in runs.items()}
     points = {pool: p for pool, p in points.items() if p}
     if not points:
-        print(f"no scored runs under {args.out / 'runs'}: run without --summary-only first", file=sys.stderr)
+        print(f"no scored runs under {args.out / POINTS_DIR}: run without --summary-only first", file=sys.stderr)
         return 2
     summary = summarise(points, {pool: len(prompts[pool]) for pool in points})
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -88,3 +89,32 @@ def test_an_exported_lora_scores_as_the_run_evaluated_it(regime_map, rates, tmp_
     assert (run / "metrics.jsonl").read_text().startswith(first_rows)
     assert (run / "heldout" / "000002" / "index.json").stat().st_mtime_ns == stamp
     assert regime_map.run_points(run, out / "heldout_base")["steps"] == [0, 1, 2, 3]
+    # The committed points are the raw results: without the run directories the summary is the same.
+    summary = (out / "summary.json").read_text()
+    saved = regime_map.load_points(out / "points" / "pool1-s0.json")
+    assert saved["steps"] == [0, 1, 2, 3]
+    np.testing.assert_array_equal(saved["heldout_reward"], regime_map.run_points(run, out / "heldout_base")["heldout_reward"])
+    shutil.rmtree(out / "runs")
+    shutil.rmtree(out / "heldout_base")
+    (out / "summary.json").unlink()
+    assert regime_map.main(["--pools", "1", "--seeds", "0", "--summary-only", "--out", str(out)]) == 0
+    assert (out / "summary.json").read_text() == summary
+
+
+def test_a_shorter_rerun_of_a_run_keeps_its_longer_points(regime_map, tmp_path, monkeypatch):
+    """A run retrained from scratch elsewhere, caught part-way, must not shorten the committed
+    points of the finished run; a run with as many scored steps or more replaces them."""
+    out, run = tmp_path, tmp_path / "runs" / "pool4-s0"
+    (out / "heldout_base").mkdir()
+    (out / "heldout_base" / "index.json").write_text("{}")
+    run.mkdir(parents=True)
+    (run / regime_map.CONFIG_FILE).write_text("")
+    on_disk = {"steps": [0, 32], "rollouts": [0, 1024]}
+    monkeypatch.setattr(regime_map, "run_points", lambda run_dir, base: on_disk)
+    saved = out / "points" / "pool4-s0.json"
+    regime_map.save_points(saved, {"steps": [0, 32, 64], "rollouts": [0, 1024, 2048]})
+    regime_map.refresh_points(out, [run])
+    assert regime_map.load_points(saved)["steps"] == [0, 32, 64]
+    regime_map.save_points(saved, {"steps": [0], "rollouts": [0]})
+    regime_map.refresh_points(out, [run])
+    assert regime_map.load_points(saved)["steps"] == [0, 32]
