@@ -62,6 +62,9 @@ METHODS: dict[str, list[str]] = {
     # rollouts kept (0.95^4 per step): results/batch_size/PROTOCOL.md.
     **{f"flow_grpo-batch4x-lr{lr}": ["algorithm=flow_grpo", "batch.group_size=64", "batch.rollout_cap=128",
                                      f"train.lr={lr}", "train.ema_decay=0.8145"] for lr in ("4e-3", "8e-3")},
+    # The update from the conditional velocity alone (rollouts still sampled with CFG):
+    # results/no_cfg_update/PROTOCOL.md.
+    "flow_grpo-no-cfg-update": ["algorithm=flow_grpo", "train.cfg_in_training=false"],
     "superflow": ["algorithm=superflow"],
     "superflow-no-dynamic-groups": ["algorithm=superflow", "superflow.dynamic_groups=false"],
     "superflow-no-step-weights": ["algorithm=superflow", "superflow.step_weights=none"],
