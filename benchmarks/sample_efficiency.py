@@ -65,6 +65,8 @@ METHODS: dict[str, list[str]] = {
     # The update from the conditional velocity alone (rollouts still sampled with CFG):
     # results/no_cfg_update/PROTOCOL.md.
     "flow_grpo-no-cfg-update": ["algorithm=flow_grpo", "train.cfg_in_training=false"],
+    # Flow-GRPO's no-CFG setting: sampled, trained and evaluated at guidance 1 (on-policy).
+    "flow_grpo-no-cfg": ["algorithm=flow_grpo", "sampling.guidance_scale=1", "sampling.eval_guidance_scale=1"],
     "superflow": ["algorithm=superflow"],
     "superflow-no-dynamic-groups": ["algorithm=superflow", "superflow.dynamic_groups=false"],
     "superflow-no-step-weights": ["algorithm=superflow", "superflow.step_weights=none"],
