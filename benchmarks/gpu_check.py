@@ -456,7 +456,7 @@ def step_oom(smoke: bool, device) -> dict:
     if torch.device(device).type == "cuda":
         cap = torch.cuda.memory_allocated() + 2.5 * per_row + GIB // 2
         torch.cuda.set_per_process_memory_fraction(cap / torch.cuda.get_device_properties(0).total_memory)
-    settings = LossSettings(guidance_scale=4.5, clip_range=1e-4, kl_beta=0.04, detach_uncond=True, cfg_in_training=True)
+    settings = LossSettings(guidance_scale=4.5, clip_range=1e-4, kl_beta=0.04, detach_uncond=True)
     tried = []
 
     def fn(rows: int):

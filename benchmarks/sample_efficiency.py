@@ -62,9 +62,6 @@ METHODS: dict[str, list[str]] = {
     # rollouts kept (0.95^4 per step): results/batch_size/PROTOCOL.md.
     **{f"flow_grpo-batch4x-lr{lr}": ["algorithm=flow_grpo", "batch.group_size=64", "batch.rollout_cap=128",
                                      f"train.lr={lr}", "train.ema_decay=0.8145"] for lr in ("4e-3", "8e-3")},
-    # The update from the conditional velocity alone (rollouts still sampled with CFG):
-    # results/no_cfg_update/PROTOCOL.md.
-    "flow_grpo-no-cfg-update": ["algorithm=flow_grpo", "train.cfg_in_training=false"],
     # Flow-GRPO's no-CFG setting: sampled, trained and evaluated at guidance 1 (on-policy).
     "flow_grpo-no-cfg": ["algorithm=flow_grpo", "sampling.guidance_scale=1", "sampling.eval_guidance_scale=1"],
     "superflow": ["algorithm=superflow"],
@@ -77,6 +74,13 @@ METHODS: dict[str, list[str]] = {
     "superflow-probe-x0-credit": ["algorithm=superflow", "superflow.allocation=probe", "superflow.step_credit=x0_value"],
 }
 REFERENCE = "flow_grpo"
+# Settings measured and then removed from the product: their runs stay in raw_curves.json and
+# --summary-only still reads them, but they cannot run again.
+REMOVED_METHODS = {
+    # train.cfg_in_training=false, the update from the conditional velocity alone on rollouts
+    # sampled with CFG: it collapsed the model (results/no_cfg_update/), and the key is gone.
+    "flow_grpo-no-cfg-update": "train.cfg_in_training was removed (superflow_lite.config.REMOVED_KEYS)",
+}
 
 # One budget for all methods: at most 32 rollouts per iteration.
 BUDGET = ["batch.rollout_cap=32"]
@@ -536,7 +540,8 @@ def continue_run(run_dir: Path, iterations: int) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=[*METHODS, *REMOVED_METHODS],
+                        help=f"settings to run or summarise; {', '.join(REMOVED_METHODS)}: summarise only")
     parser.add_argument("--iterations", type=int, default=None, help=f"default: 32, or {REGIME_ITERATIONS} in a regime")
     parser.add_argument("--eval-every", type=int, default=8)
     parser.add_argument("--target", type=float, default=None,
@@ -561,6 +566,10 @@ def main() -> int:
     args = parser.parse_args()
     if args.regime and args.pool:
         parser.error("--regime and --pool choose the prompts two ways; give one")
+    removed = [m for m in args.methods if m in REMOVED_METHODS]
+    if removed and not args.summary_only:
+        parser.error("; ".join(f"{m} cannot run: {REMOVED_METHODS[m]}; its recorded runs can be summarised with "
+                               "--summary-only" for m in removed))
     if args.iterations is None:
         args.iterations = REGIME_ITERATIONS if args.regime else 32
     extra = [*args.set, *(recurring_pool(args.out, args.pool, args.pool_seeds) if args.pool else []),

@@ -48,6 +48,15 @@ RENAMED_KEYS = {
 }
 # Keys that no longer change anything, accepted (and ignored) for one release, with a warning.
 RETIRED_KEYS = {"output.log_every": "the trainer logs every iteration"}
+# Keys removed because a value of theirs was harmful: the value that kept the current behaviour
+# (the old default, in every run's config.yaml) is accepted and ignored like a retired key;
+# any other is refused with the reason and what to set instead.
+REMOVED_KEYS = {
+    "train.cfg_in_training": (True, "the update without CFG on rollouts sampled with CFG is off-policy from its "
+                              "first step and collapses the model (benchmarks/RESULTS.md, 'The update without "
+                              "CFG'); to train without CFG, sample without it: sampling.guidance_scale=1 "
+                              "(the update then has no unconditional branch either)"),
+}
 
 
 @dataclass
@@ -206,8 +215,6 @@ class TrainConfig:
     sde_window_span: int = 0
     """The window starts within the first `span` - k + 1 steps (0 = anywhere but the last step): the
     high-noise steps decide a picture's layout, the late ones only its detail."""
-    cfg_in_training: bool = True
-    """Recompute log-probs with CFG as sampled; off halves the training batch (and biases the ratio)."""
     optimizer: Literal["adamw", "adamw8bit"] = "adamw"
     """adamw8bit (bitsandbytes, CUDA) keeps the optimizer state in 8 bits: a quarter of AdamW's."""
     ema: bool = False
@@ -385,9 +392,17 @@ def check_type(value: Any, tp: Any, key: str) -> Any:
 
 def upgrade_keys(data: dict) -> dict:
     """A copy of a nested mapping of config keys with RENAMED_KEYS under their new names and
-    RETIRED_KEYS left out, warning once for each (the superflow_lite logger; before the run's
+    RETIRED_KEYS (and REMOVED_KEYS at their kept value) left out, warning once for each (the superflow_lite logger; before the run's
     log exists, Python prints it on stderr)."""
     out = {section: dict(values) if isinstance(values, dict) else values for section, values in data.items()}
+    for old, (kept, why) in REMOVED_KEYS.items():
+        section, key = old.split(".")
+        if not isinstance(out.get(section), dict) or key not in out[section]:
+            continue
+        value = out[section].pop(key)
+        if value != kept:
+            raise ConfigError(f"{old} was removed and cannot be {echo(value)}: {why}")
+        log.warning("%s is no longer used (its value %s is what every run does): remove it from your config", old, kept)
     for old, new in [*RENAMED_KEYS.items(), *((key, None) for key in RETIRED_KEYS)]:
         section, key = old.split(".")
         if not isinstance(out.get(section), dict) or key not in out[section]:

@@ -316,7 +316,7 @@ def _phases(cfg: Config, m: _Model, rows_sample: int, rows_train: int) -> dict[s
     s, res = cfg.sampling, cfg.sampling.resolution
     sc = m.act_scale["transformer"]
     cfg_sample = 2 if s.guidance_scale != 1.0 else 1
-    cfg_train = 2 if (cfg.train.cfg_in_training and s.guidance_scale != 1.0) else 1
+    cfg_train = cfg_sample  # the update recomputes the sampled velocity, CFG included
     rollout = m.latent_bytes * (s.num_steps + 1)
     embeds = 2 * m.n_txt * 4096 * 4  # cond + uncond rows in float32 on the device
     variants = meas["transformer"]["variants"]
@@ -436,7 +436,7 @@ def format_plan(cfg: Config, plan: MemoryPlan | None = None) -> str:
     plan = plan or plan_for_config(cfg)
     g = lambda n: f"{n / GIB:7.2f}"  # noqa: E731
     s = cfg.sampling
-    cfg_tr = "CFG" if (cfg.train.cfg_in_training and s.guidance_scale != 1.0) else "no CFG"
+    cfg_tr = "CFG" if s.guidance_scale != 1.0 else "no CFG"
     lines = [
         f"Memory plan: preset {plan.preset}, {s.resolution} px, {s.num_steps} steps, on {plan.device}",
         f"budget {plan.budget / GIB:.2f} GiB = {1 - HEADROOM:.0%} of {plan.card_gib:.2f} GiB ({plan.card_source})",

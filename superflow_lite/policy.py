@@ -54,14 +54,11 @@ class LossSettings:
     """train.kl_beta: beta of the KL term; 0 skips the reference pass."""
     detach_uncond: bool
     """The algorithm's train.detach_uncond: no gradient through v_uncond."""
-    cfg_in_training: bool
-    """train.cfg_in_training: False trains the conditional velocity alone."""
 
     @classmethod
     def from_config(cls, cfg: Config, spec: AlgorithmSpec) -> LossSettings:
         return cls(guidance_scale=cfg.sampling.guidance_scale, clip_range=cfg.train.clip_range,
-                   kl_beta=cfg.train.kl_beta, detach_uncond=spec.detach_uncond,
-                   cfg_in_training=cfg.train.cfg_in_training)
+                   kl_beta=cfg.train.kl_beta, detach_uncond=spec.detach_uncond)
 
 
 def step_mean_std(transformer: torch.nn.Module, x: torch.Tensor, schedule: Schedule, step: int, cond: PromptEmbeds,
@@ -85,8 +82,7 @@ def step_loss(transformer: torch.nn.Module, batch: dict, schedule: Schedule, ste
     approx_kl, and kl when beta > 0).
     """
     x, x_next = batch["latents"][:, step], batch["latents"][:, step + 1]
-    uncond = batch["uncond"] if settings.cfg_in_training else None
-    mu, std = step_mean_std(transformer, x, schedule, step, batch["cond"], uncond, settings.guidance_scale,
+    mu, std = step_mean_std(transformer, x, schedule, step, batch["cond"], batch["uncond"], settings.guidance_scale,
                             detach_uncond=settings.detach_uncond)
     logp = gaussian_logp(x_next, mu, std)
     loss_pg, stats = clipped_policy_loss(logp, batch["logp_old"][:, step], batch["adv"][:, step_pos],
@@ -95,7 +91,8 @@ def step_loss(transformer: torch.nn.Module, batch: dict, schedule: Schedule, ste
     stats = {k: v.mean() for k, v in stats.items()}
     if settings.kl_beta > 0:  # at 0 there is no reference pass, so no KL to report (not a KL of 0)
         with torch.no_grad(), reference_policy():
-            mu_ref, _ = step_mean_std(transformer, x, schedule, step, batch["cond"], uncond, settings.guidance_scale)
+            mu_ref, _ = step_mean_std(transformer, x, schedule, step, batch["cond"], batch["uncond"],
+                                      settings.guidance_scale)
         kl = kl_to_reference(mu, mu_ref, schedule.sigma_t[step]).mean()
         loss = loss + settings.kl_beta * kl
         stats["kl"] = kl

@@ -332,3 +332,27 @@ def test_the_plot_title_names_replaced_evaluation_seeds_as_a_range(bench):
     assert bench.titled("prompts.eval_seeds=[2000,2001,2002,2003]") == "evaluated at seeds 2000-2003 instead"
     assert bench.titled("prompts.eval_seeds=[5,9]") == "prompts.eval_seeds=[5,9]"
     assert bench.titled("train.lr_schedule=cosine") == "train.lr_schedule=cosine"
+
+
+@pytest.mark.parametrize("method", sorted(load_benchmark("sample_efficiency").REMOVED_METHODS))
+def test_a_removed_setting_is_summarised_from_its_record_but_never_run(bench, method, tmp_path, monkeypatch, capsys):
+    """Its overrides no longer exist (they are not a valid config), yet its recorded runs stay
+    comparable; asking to train it is one clear error, before anything is written."""
+    curves = {"flow_grpo": {}, method: {}}
+    for seed in range(2):
+        for name, lift in (("flow_grpo", 0.2), (method, -0.3)):
+            evals = {0: flat(0.6), 2: [0.6 + lift * (i % 3) / 2 for i in range(len(ITEMS))]}
+            curves[name][seed] = bench.curve(write_run(tmp_path / f"{name}{seed}", evals, 16, 1.0))
+    out = tmp_path / "out"
+    out.mkdir()
+    bench.save_raw(curves, out / bench.RAW_FILE)
+    argv = ["sample_efficiency.py", "--methods", "flow_grpo", method, "--seeds", "0", "1", "--out", str(out)]
+    monkeypatch.setattr("sys.argv", [*argv, "--summary-only"])
+    assert bench.main() == 0
+    assert json.loads((out / "summary.json").read_text())["methods"][method]["reward_vs_reference"]["mean"] < 0
+    before = sorted(p.name for p in out.iterdir())
+    monkeypatch.setattr("sys.argv", argv)
+    with pytest.raises(SystemExit) as stop:
+        bench.main()
+    assert stop.value.code == 2 and f"{method} cannot run" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == before and not (out / "runs").exists()

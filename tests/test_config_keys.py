@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from superflow_lite.config import RENAMED_KEYS, ConfigError, build_config, config_from_dict, to_dict
+from superflow_lite.config import REMOVED_KEYS, RENAMED_KEYS, ConfigError, build_config, config_from_dict, to_dict
 from superflow_lite.config_docs import spec_table
 from superflow_lite.train import main as train_main
 
@@ -54,3 +54,23 @@ def test_both_names_in_one_file_is_one_clear_error_and_exit_2(tmp_path, capsys):
 def test_the_docs_switch_table_is_the_resolved_specs():
     # docs/ALGORITHM.md section 6 shows what each algorithm resolves to: the spec's own table.
     assert spec_table() in (DOCS / "ALGORITHM.md").read_text()
+
+
+@pytest.mark.parametrize("key, kept", [(k, kept) for k, (kept, _) in sorted(REMOVED_KEYS.items())])
+def test_a_removed_key_loads_at_its_kept_value_and_refuses_any_other(key, kept, tmp_path, caplog, capsys):
+    """Every earlier run's config.yaml holds the kept value (the old default): it still loads
+    (a resume must not break), with a warning. The other value, which did harm, is one clear
+    error naming what to set instead, exit 2, before the run directory exists."""
+    section, name = key.split(".")
+    written_before = {**to_dict(build_config("tiny"))}
+    written_before[section] = {**written_before[section], name: kept}
+    with caplog.at_level(logging.WARNING, logger="superflow_lite"):
+        cfg = config_from_dict(written_before)
+    assert f"{key} is no longer used" in caplog.text and not hasattr(getattr(cfg, section), name)
+    refused = f"{key}={str(not kept).lower()}"
+    with pytest.raises(ConfigError, match=f"{key} was removed"):
+        build_config("tiny", overrides=[refused])
+    assert train_main(["--preset", "tiny", "--output", str(tmp_path / "run"), refused]) == 2
+    err = capsys.readouterr().err
+    assert "was removed" in err and "sampling.guidance_scale=1" in err
+    assert not (tmp_path / "run").exists()

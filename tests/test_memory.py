@@ -166,7 +166,7 @@ def test_each_preset_fits_its_card_with_headroom(preset):
     assert (plan.sample_micro_batch, plan.train_micro_batch) == (cfg.sampling.micro_batch, cfg.train.micro_batch)
     assert plan.rollout_cap == cfg.batch.prompts_per_iter * cfg.superflow.m_max
     if preset == "24gb":
-        assert cfg.sampling.resolution == 512 and cfg.train.cfg_in_training
+        assert cfg.sampling.resolution == 512 and cfg.sampling.guidance_scale != 1.0
         assert plan.peak_bytes <= 21 * GIB
 
 

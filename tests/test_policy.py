@@ -91,7 +91,7 @@ def test_step_loss_is_the_clipped_objective_plus_beta_kl_written_out():
     cond = PromptEmbeds(torch.zeros(3, 1, 1), torch.tensor([[0.4], [-0.2], [0.1]]))
     uncond = PromptEmbeds(torch.zeros(3, 1, 1), torch.tensor([[0.0], [0.3], [-0.1]]))
     g, beta, clip = 2.5, 0.7, 0.05
-    settings = LossSettings(guidance_scale=g, clip_range=clip, kl_beta=beta, detach_uncond=True, cfg_in_training=True)
+    settings = LossSettings(guidance_scale=g, clip_range=clip, kl_beta=beta, detach_uncond=True)
     batch = {"latents": latents, "logp_old": logp_old, "adv": adv, "cond": cond, "uncond": uncond}
     loss, stats = step_loss(model, batch, schedule, 1, 1, settings, lambda: adapters_disabled(model))
 
