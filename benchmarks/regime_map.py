@@ -286,6 +286,7 @@ def plot(summary: dict, path: Path) -> None:
             ax.fill_between(x, g[:, 1], g[:, 2], alpha=0.15, color=line.get_color())
         ax.axhline(0, color="k", lw=0.6)
         ax.set_xscale("symlog", linthresh=64)
+        ax.set_xlim(left=0)  # symlog would otherwise pad the axis with negative rollouts
         ax.set_xlabel("rollouts per prompt")
         ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3)
