@@ -223,9 +223,9 @@ def refresh_points(out: Path, run_dirs: list[Path]) -> None:
     if not (base / "index.json").exists():
         return
     for run_dir in run_dirs:
-        path = out / POINTS_DIR / f"{run_dir.name}.json"
         if not (run_dir / CONFIG_FILE).exists():
             continue
+        path = out / POINTS_DIR / f"{run_dir.name}.json"
         points = run_points(run_dir, base)
         if not path.exists() or len(load_points(path)["steps"]) <= len(points["steps"]):
             save_points(path, points)

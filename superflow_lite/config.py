@@ -390,26 +390,35 @@ def check_type(value: Any, tp: Any, key: str) -> Any:
     return _coerce(value, tp, key)
 
 
+_ABSENT = object()
+
+
+def _pop_key(out: dict, dotted: str) -> Any:
+    """Remove section.key from a nested config mapping and return its value (_ABSENT if unset)."""
+    section, key = dotted.split(".")
+    if not isinstance(out.get(section), dict) or key not in out[section]:
+        return _ABSENT
+    return out[section].pop(key)
+
+
 def upgrade_keys(data: dict) -> dict:
     """A copy of a nested mapping of config keys with RENAMED_KEYS under their new names and
-    RETIRED_KEYS (and REMOVED_KEYS at their kept value) left out, warning once for each (the superflow_lite logger; before the run's
-    log exists, Python prints it on stderr)."""
+    RETIRED_KEYS (and REMOVED_KEYS at their kept value) left out, warning once for each (the
+    superflow_lite logger; before the run's log exists, Python prints it on stderr)."""
     out = {section: dict(values) if isinstance(values, dict) else values for section, values in data.items()}
     for old, (kept, why) in REMOVED_KEYS.items():
-        section, key = old.split(".")
-        if not isinstance(out.get(section), dict) or key not in out[section]:
+        value = _pop_key(out, old)
+        if value is _ABSENT:
             continue
-        value = out[section].pop(key)
         if value != kept:
             raise ConfigError(f"{old} was removed and cannot be {echo(value)}: {why}")
         log.warning("%s is no longer used (its value %s is what every run does): remove it from your config", old, kept)
-    for old, new in [*RENAMED_KEYS.items(), *((key, None) for key in RETIRED_KEYS)]:
-        section, key = old.split(".")
-        if not isinstance(out.get(section), dict) or key not in out[section]:
-            continue
-        value = out[section].pop(key)
-        if new is None:
-            log.warning("%s is no longer used (%s): remove it from your config", old, RETIRED_KEYS[old])
+    for old, why in RETIRED_KEYS.items():
+        if _pop_key(out, old) is not _ABSENT:
+            log.warning("%s is no longer used (%s): remove it from your config", old, why)
+    for old, new in RENAMED_KEYS.items():
+        value = _pop_key(out, old)
+        if value is _ABSENT:
             continue
         new_section, new_key = new.split(".")
         target = out.setdefault(new_section, {})

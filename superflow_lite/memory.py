@@ -315,13 +315,12 @@ def _phases(cfg: Config, m: _Model, rows_sample: int, rows_train: int) -> dict[s
     meas = measurements()
     s, res = cfg.sampling, cfg.sampling.resolution
     sc = m.act_scale["transformer"]
-    cfg_sample = 2 if s.guidance_scale != 1.0 else 1
-    cfg_train = cfg_sample  # the update recomputes the sampled velocity, CFG included
+    cfg_rows = 2 if s.guidance_scale != 1.0 else 1  # CFG doubles the sequences; the update recomputes it too
     rollout = m.latent_bytes * (s.num_steps + 1)
     embeds = 2 * m.n_txt * 4096 * 4  # cond + uncond rows in float32 on the device
     variants = meas["transformer"]["variants"]
 
-    seqs = rows_sample * cfg_sample
+    seqs = rows_sample * cfg_rows
     forward = sc * law(variants["sample"], seq_img=seqs * m.n_img, seq_txt=seqs * m.n_txt)
     forward += _quant_scratch(cfg, m, seqs * (m.n_img + m.n_txt), backward=False)
     vae_rows = 1 if cfg.memory.vae_decode == "sliced" else rows_sample
@@ -335,7 +334,7 @@ def _phases(cfg: Config, m: _Model, rows_sample: int, rows_train: int) -> dict[s
         sample.add(f"reward {reward} (beside sampling)", int(law(meas["rewards"][REWARD_MODELS[reward][0]], rows=rows_sample)),
                    "measured")
 
-    seqs = rows_train * cfg_train
+    seqs = rows_train * cfg_rows
     act = sc * law(variants[transformer_variant(cfg)], seq_img=seqs * m.n_img, seq_txt=seqs * m.n_txt)
     train = Terms()
     train.add("inputs: embeddings + rollouts", rows_train * (embeds + rollout), "counted")
