@@ -598,6 +598,13 @@ def main() -> int:
     if fresh:
         args.out.mkdir(parents=True, exist_ok=True)
         save_raw(fresh, args.out / RAW_FILE)
+    if fresh and args.reference not in args.methods:
+        # A method trained on its own (e.g. an ablation, seed by seed, beside another process):
+        # its curves are saved; summarising it alone would overwrite the summary of every method.
+        print(f"saved {sum(map(len, fresh.values()))} run(s) to {args.out / RAW_FILE}; no summary, as the "
+              f"reference {args.reference} is not among --methods: summarise with --summary-only "
+              f"--methods {args.reference} {' '.join(args.methods)} (and the other methods to keep)")
+        return 0
     if not curves or args.reference not in curves:
         print(f"no finished runs of {args.reference} under {args.out / 'runs'}: run the benchmark without "
               "--summary-only first", file=sys.stderr)

@@ -356,3 +356,24 @@ def test_a_removed_setting_is_summarised_from_its_record_but_never_run(bench, me
         bench.main()
     assert stop.value.code == 2 and f"{method} cannot run" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == before and not (out / "runs").exists()
+
+
+def test_a_method_trained_without_its_reference_saves_its_curves_and_leaves_the_summary(bench, tmp_path, monkeypatch,
+                                                                                         capsys):
+    """Training one ablation alone (seed by seed, beside another process) merges its curves into
+    raw_curves.json, exits 0 and says how to summarise; the summary of every method is untouched."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "summary.json").write_text('{"kept": true}')
+
+    def fake_run(run_dir, *a, **k):
+        run = write_run(run_dir, {0: flat(0.5), 2: flat(0.6)}, 16, 1.0)
+        (run / "status.json").write_text(json.dumps({"state": "done", "iterations": 4, "iteration": 4}))
+
+    monkeypatch.setattr(bench, "run_once", fake_run)
+    monkeypatch.setattr("sys.argv", ["sample_efficiency.py", "--methods", "superflow-probe", "--seeds", "3",
+                                     "--iterations", "4", "--out", str(out)])
+    assert bench.main() == 0
+    assert list(bench.load_raw(out / bench.RAW_FILE)) == ["superflow-probe"]
+    assert "--summary-only --methods flow_grpo superflow-probe" in capsys.readouterr().out
+    assert json.loads((out / "summary.json").read_text()) == {"kept": True}
