@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import sys
 import textwrap
@@ -537,6 +538,20 @@ def continue_run(run_dir: Path, iterations: int) -> None:
         raise SystemExit(f"continuing {run_dir} to {iterations} iterations failed with exit code {code}")
 
 
+def json_text(summary: dict) -> str:
+    """summary.json as standard JSON: a figure that is not defined (a target a seed never
+    reached, a share with no rollouts) is null rather than NaN, which strict readers refuse."""
+    def defined(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: defined(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [defined(v) for v in value]
+        return value
+    return json.dumps(defined(summary), indent=1, allow_nan=False)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
@@ -612,7 +627,7 @@ def main() -> int:
     summary = summarise(curves, args.reference, args.target)
     args.out.mkdir(parents=True, exist_ok=True)
     suffix = "" if args.reference == REFERENCE else f"_vs_{args.reference}"
-    (args.out / f"summary{suffix}.json").write_text(json.dumps(summary, indent=1))
+    (args.out / f"summary{suffix}.json").write_text(json_text(summary))
     (args.out / f"table{suffix}.md").write_text(table(summary) + "\n")
     (args.out / f"table_by_prompt{suffix}.md").write_text(prompt_table(summary) + "\n")
     if suffix:

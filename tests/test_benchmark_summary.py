@@ -165,6 +165,11 @@ def test_a_target_the_base_already_meets_has_no_rollouts_to_target(bench, tmp_pa
     assert not summary["target_defined"]
     assert all(math.isnan(v) for v in summary["methods"]["other"]["rollouts_to_target"])
     assert "undefined" in bench.table(summary)
+    # summary.json is standard JSON: an unreached target is null, so strict readers accept it
+    def refuse(constant):
+        raise ValueError(constant)
+    saved = json.loads(bench.json_text(summary), parse_constant=refuse)
+    assert saved["methods"]["other"]["rollouts_to_target"] == [None]
 
 
 def test_paired_bootstrap_intervals():
